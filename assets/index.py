@@ -1,0 +1,376 @@
+"""The vector index behind one small interface: pgvector (embedded default) or Qdrant.
+
+Each point holds what hybrid retrieval needs, the dense vector and the BM25 sparse vector, plus
+the hashes that make ingestion incremental: the index itself is the record of what is indexed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from assets.sparse import DIMENSIONS, SparseVector
+
+Filters = Mapping[str, str | Sequence[str]]
+_SAFE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True)
+class IndexPoint:
+    chunk_id: str
+    doc_id: str
+    doc_hash: str
+    chunk_no: int
+    chunk_hash: str
+    text: str
+    metadata: dict[str, str]
+    dense: NDArray[np.float32]
+    sparse: SparseVector
+
+
+@dataclass(frozen=True)
+class Hit:
+    chunk_id: str
+    doc_id: str
+    score: float
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    chunk_id: str
+    doc_id: str
+    doc_hash: str
+    chunk_hash: str
+
+
+class VectorIndex(ABC):
+    """What ingestion and retrieval need from a vector store, and nothing more."""
+
+    @abstractmethod
+    def ensure_collection(self, collection: str, dimension: int) -> None: ...
+
+    @abstractmethod
+    def stored_chunks(self, collection: str, doc_ids: Sequence[str] | None = None) -> list[StoredChunk]:
+        """Ids and hashes of the stored chunks (of the given documents, or all)."""
+
+    @abstractmethod
+    def vectors_by_chunk_hash(self, collection: str, doc_ids: Sequence[str]) -> dict[str, NDArray[np.float32]]:
+        """Stored dense vectors of these documents keyed by chunk hash, so unchanged text is not re-embedded."""
+
+    @abstractmethod
+    def write(self, collection: str, upserts: Sequence[IndexPoint], delete_ids: Sequence[str]) -> None:
+        """Upsert points and delete ids as one unit: pgvector commits both or neither."""
+
+    @abstractmethod
+    def count(self, collection: str) -> int: ...
+
+    @abstractmethod
+    def dense_search(self, collection: str, vector: NDArray[np.float32], limit: int, filters: Filters | None = None) -> list[Hit]: ...
+
+    @abstractmethod
+    def sparse_search(self, collection: str, terms: Sequence[int], limit: int, filters: Filters | None = None) -> list[Hit]:
+        """BM25: stored saturated term frequencies times the terms' IDF in this collection."""
+
+    @abstractmethod
+    def drop_collection(self, collection: str) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def document_hashes(self, collection: str) -> dict[str, str]:
+        """doc_id → doc_hash of what is indexed. A document whose chunks disagree (an interrupted write
+        to a store without transactions) maps to '' so the next run rewrites it."""
+        hashes: dict[str, str] = {}
+        for chunk in self.stored_chunks(collection):
+            previous = hashes.setdefault(chunk.doc_id, chunk.doc_hash)
+            if previous != chunk.doc_hash:
+                hashes[chunk.doc_id] = ""
+        return hashes
+
+
+def bm25_idf(total: int, document_frequency: int) -> float:
+    """BM25's IDF, the same formula as Qdrant's IDF modifier."""
+    return math.log(1 + (total - document_frequency + 0.5) / (document_frequency + 0.5))
+
+
+def _as_list(value: str | Sequence[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+class PgVectorIndex(VectorIndex):
+    """One table per collection in PostgreSQL with pgvector: HNSW on the dense vector, a sparsevec of
+    BM25 weights, and the term ids in a GIN-indexed array to count document frequencies."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+        from pgvector.psycopg import register_vector
+
+        self._conn = psycopg.connect(url, autocommit=True)
+        self._conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        register_vector(self._conn)
+
+    @staticmethod
+    def _table(collection: str) -> str:
+        if not _SAFE_NAME.match(collection):
+            raise ValueError(f"invalid collection name {collection!r}")
+        return f"kb_chunks_{collection}"
+
+    def ensure_collection(self, collection: str, dimension: int) -> None:
+        t = self._table(collection)
+        with self._conn.transaction():
+            self._conn.execute(
+                f"""CREATE TABLE IF NOT EXISTS {t} (
+                    id uuid PRIMARY KEY, doc_id text NOT NULL, doc_hash text NOT NULL, chunk_no int NOT NULL,
+                    chunk_hash text NOT NULL, text text NOT NULL, metadata jsonb NOT NULL,
+                    embedding vector({int(dimension)}) NOT NULL, sparse sparsevec({DIMENSIONS}) NOT NULL,
+                    terms int[] NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())"""
+            )
+            self._conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_doc ON {t} (doc_id)")
+            self._conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_hnsw ON {t} USING hnsw (embedding vector_cosine_ops)")
+            self._conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_terms ON {t} USING gin (terms)")
+            self._conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_meta ON {t} USING gin (metadata jsonb_path_ops)")
+
+    def _exists(self, collection: str) -> bool:
+        row = self._conn.execute("SELECT to_regclass(%s)", (self._table(collection),)).fetchone()
+        return bool(row and row[0])
+
+    def stored_chunks(self, collection: str, doc_ids: Sequence[str] | None = None) -> list[StoredChunk]:
+        if not self._exists(collection):
+            return []
+        sql = f"SELECT id::text, doc_id, doc_hash, chunk_hash FROM {self._table(collection)}"
+        rows = (
+            self._conn.execute(sql).fetchall()
+            if doc_ids is None
+            else self._conn.execute(sql + " WHERE doc_id = ANY(%s)", (list(doc_ids),)).fetchall()
+        )
+        return [StoredChunk(*row) for row in rows]
+
+    def vectors_by_chunk_hash(self, collection: str, doc_ids: Sequence[str]) -> dict[str, NDArray[np.float32]]:
+        if not doc_ids or not self._exists(collection):
+            return {}
+        rows = self._conn.execute(
+            f"SELECT chunk_hash, embedding FROM {self._table(collection)} WHERE doc_id = ANY(%s)", (list(doc_ids),)
+        ).fetchall()
+        return {h: np.asarray(v, dtype=np.float32) for h, v in rows}
+
+    def write(self, collection: str, upserts: Sequence[IndexPoint], delete_ids: Sequence[str]) -> None:
+        from pgvector import SparseVector as PgSparse
+
+        t = self._table(collection)
+        with self._conn.transaction(), self._conn.cursor() as cur:
+            if delete_ids:
+                cur.execute(f"DELETE FROM {t} WHERE id = ANY(%s::uuid[])", (list(delete_ids),))
+            cur.executemany(
+                f"""INSERT INTO {t} (id, doc_id, doc_hash, chunk_no, chunk_hash, text, metadata, embedding, sparse, terms)
+                    VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s)
+                    ON CONFLICT (id) DO UPDATE SET doc_id = EXCLUDED.doc_id, doc_hash = EXCLUDED.doc_hash,
+                      chunk_no = EXCLUDED.chunk_no, chunk_hash = EXCLUDED.chunk_hash, text = EXCLUDED.text,
+                      metadata = EXCLUDED.metadata, embedding = EXCLUDED.embedding, sparse = EXCLUDED.sparse,
+                      terms = EXCLUDED.terms, updated_at = now()""",
+                [
+                    (
+                        p.chunk_id, p.doc_id, p.doc_hash, p.chunk_no, p.chunk_hash, p.text, json.dumps(p.metadata),
+                        p.dense, PgSparse(dict(zip(p.sparse.indices, p.sparse.values, strict=True)), DIMENSIONS),
+                        list(p.sparse.indices),
+                    )
+                    for p in upserts
+                ],
+            )  # fmt: skip
+
+    def count(self, collection: str) -> int:
+        if not self._exists(collection):
+            return 0
+        row = self._conn.execute(f"SELECT count(*) FROM {self._table(collection)}").fetchone()
+        return int(row[0]) if row else 0
+
+    @staticmethod
+    def _where(filters: Filters | None) -> tuple[str, list[Any]]:
+        clauses, params = [], []
+        for key, value in (filters or {}).items():
+            clauses.append("metadata->>%s = ANY(%s)")
+            params.extend([key, _as_list(value)])
+        return (" AND " + " AND ".join(clauses)) if clauses else "", params
+
+    def _hits(self, rows: Sequence[tuple[Any, ...]]) -> list[Hit]:
+        return [Hit(str(r[0]), r[1], float(r[2]), r[3], r[4]) for r in rows]
+
+    def dense_search(self, collection: str, vector: NDArray[np.float32], limit: int, filters: Filters | None = None) -> list[Hit]:
+        if not self._exists(collection):
+            return []
+        where, params = self._where(filters)
+        rows = self._conn.execute(
+            f"""SELECT id, doc_id, 1 - (embedding <=> %s) AS score, text, metadata FROM {self._table(collection)}
+                WHERE true{where} ORDER BY embedding <=> %s LIMIT %s""",
+            [vector, *params, vector, limit],
+        ).fetchall()
+        return self._hits(rows)
+
+    def sparse_search(self, collection: str, terms: Sequence[int], limit: int, filters: Filters | None = None) -> list[Hit]:
+        from pgvector import SparseVector as PgSparse
+
+        if not terms or not self._exists(collection):
+            return []
+        t = self._table(collection)
+        total_row = self._conn.execute(f"SELECT count(*) FROM {t}").fetchone()
+        total = int(total_row[0]) if total_row else 0
+        frequencies = self._conn.execute(
+            f"SELECT term, (SELECT count(*) FROM {t} WHERE terms @> ARRAY[term]) FROM unnest(%s::int[]) AS term",
+            (list(terms),),
+        ).fetchall()
+        weights = {int(term): bm25_idf(total, int(df)) for term, df in frequencies if df}
+        if not weights:
+            return []
+        query = PgSparse(weights, DIMENSIONS)
+        where, params = self._where(filters)
+        rows = self._conn.execute(
+            f"""SELECT id, doc_id, -(sparse <#> %s) AS score, text, metadata FROM {t}
+                WHERE terms && %s::int[]{where} ORDER BY sparse <#> %s LIMIT %s""",
+            [query, list(weights), *params, query, limit],
+        ).fetchall()
+        return self._hits(rows)
+
+    def drop_collection(self, collection: str) -> None:
+        self._conn.execute(f"DROP TABLE IF EXISTS {self._table(collection)}")
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class QdrantIndex(VectorIndex):
+    """A Qdrant collection per knowledge-base collection: named dense vector plus a sparse vector
+    with Qdrant's IDF modifier, which turns the stored BM25 term weights into BM25 scores."""
+
+    DENSE = "dense"
+    SPARSE = "bm25"
+
+    def __init__(self, url: str | None = None, path: Path | None = None, api_key: str | None = None) -> None:
+        from qdrant_client import QdrantClient
+
+        if bool(url) == bool(path):
+            raise ValueError("QdrantIndex needs exactly one of url (server) or path (local mode)")
+        self._client = QdrantClient(url=url, api_key=api_key) if url else QdrantClient(path=str(path))
+
+    def ensure_collection(self, collection: str, dimension: int) -> None:
+        from qdrant_client import models
+
+        if self._client.collection_exists(collection):
+            return
+        self._client.create_collection(
+            collection,
+            vectors_config={self.DENSE: models.VectorParams(size=dimension, distance=models.Distance.COSINE)},
+            sparse_vectors_config={self.SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+        )
+        self._client.create_payload_index(collection, "doc_id", models.PayloadSchemaType.KEYWORD)
+
+    def _scroll(self, collection: str, flt: Any, with_vectors: Any) -> list[Any]:
+        if not self._client.collection_exists(collection):
+            return []
+        points, offset = [], None
+        while True:
+            batch, offset = self._client.scroll(
+                collection, scroll_filter=flt, limit=1000, offset=offset, with_payload=True, with_vectors=with_vectors
+            )
+            points.extend(batch)
+            if offset is None:
+                return points
+
+    @staticmethod
+    def _doc_filter(doc_ids: Sequence[str]) -> Any:
+        from qdrant_client import models
+
+        return models.Filter(must=[models.FieldCondition(key="doc_id", match=models.MatchAny(any=list(doc_ids)))])
+
+    def stored_chunks(self, collection: str, doc_ids: Sequence[str] | None = None) -> list[StoredChunk]:
+        if doc_ids is not None and not doc_ids:
+            return []
+        flt = None if doc_ids is None else self._doc_filter(doc_ids)
+        return [
+            StoredChunk(str(p.id), p.payload["doc_id"], p.payload["doc_hash"], p.payload["chunk_hash"])
+            for p in self._scroll(collection, flt, with_vectors=False)
+        ]
+
+    def vectors_by_chunk_hash(self, collection: str, doc_ids: Sequence[str]) -> dict[str, NDArray[np.float32]]:
+        if not doc_ids:
+            return {}
+        points = self._scroll(collection, self._doc_filter(doc_ids), with_vectors=[self.DENSE])
+        return {p.payload["chunk_hash"]: np.asarray(p.vector[self.DENSE], dtype=np.float32) for p in points}
+
+    def write(self, collection: str, upserts: Sequence[IndexPoint], delete_ids: Sequence[str]) -> None:
+        from qdrant_client import models
+
+        # Upserts land before deletes: an interrupted run leaves extra points, never missing ones,
+        # and document_hashes() flags the document for the next run.
+        for start in range(0, len(upserts), 256):
+            batch = upserts[start : start + 256]
+            self._client.upsert(
+                collection,
+                points=[
+                    models.PointStruct(
+                        id=p.chunk_id,
+                        vector={
+                            self.DENSE: p.dense.tolist(),
+                            self.SPARSE: models.SparseVector(indices=list(p.sparse.indices), values=list(p.sparse.values)),
+                        },
+                        payload={"doc_id": p.doc_id, "doc_hash": p.doc_hash, "chunk_no": p.chunk_no,
+                                 "chunk_hash": p.chunk_hash, "text": p.text, "metadata": p.metadata},
+                    )  # fmt: skip
+                    for p in batch
+                ],
+                wait=True,
+            )
+        if delete_ids:
+            self._client.delete(collection, points_selector=models.PointIdsList(points=list(delete_ids)), wait=True)
+
+    def count(self, collection: str) -> int:
+        if not self._client.collection_exists(collection):
+            return 0
+        return int(self._client.count(collection, exact=True).count)
+
+    @staticmethod
+    def _filter(filters: Filters | None) -> Any:
+        from qdrant_client import models
+
+        if not filters:
+            return None
+        return models.Filter(
+            must=[
+                models.FieldCondition(key=f"metadata.{k}", match=models.MatchAny(any=_as_list(v))) for k, v in filters.items()
+            ]
+        )
+
+    def _query(self, collection: str, query: Any, using: str, limit: int, filters: Filters | None) -> list[Hit]:
+        if not self._client.collection_exists(collection):
+            return []
+        result = self._client.query_points(
+            collection, query=query, using=using, limit=limit, query_filter=self._filter(filters), with_payload=True
+        )
+        return [Hit(str(p.id), p.payload["doc_id"], float(p.score), p.payload["text"], p.payload["metadata"]) for p in result.points]
+
+    def dense_search(self, collection: str, vector: NDArray[np.float32], limit: int, filters: Filters | None = None) -> list[Hit]:
+        return self._query(collection, vector.tolist(), self.DENSE, limit, filters)
+
+    def sparse_search(self, collection: str, terms: Sequence[int], limit: int, filters: Filters | None = None) -> list[Hit]:
+        from qdrant_client import models
+
+        if not terms:
+            return []
+        query = models.SparseVector(indices=list(terms), values=[1.0] * len(terms))
+        return self._query(collection, query, self.SPARSE, limit, filters)
+
+    def drop_collection(self, collection: str) -> None:
+        if self._client.collection_exists(collection):
+            self._client.delete_collection(collection)
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,194 @@
+"""`kb`: run the platform, ingest, enqueue webhook events and benchmark, from one command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+app = typer.Typer(help="Self-hosted knowledge assistant: ingestion platform and tools.", no_args_is_help=True)
+webhook_app = typer.Typer(help="Queue webhook events for the ingestion sensor.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks (figures go to the README).", no_args_is_help=True)
+app.add_typer(webhook_app, name="webhook")
+app.add_typer(bench_app, name="bench")
+console = Console(stderr=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
+
+
+def _emit(data: Any, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    else:
+        console.print_json(data=data, default=str)
+
+
+def _settings() -> tuple[Any, Any, Any, Any]:
+    from kb.settings import EmbeddingSettings, IndexSettings, PlatformSettings, PostgresSettings
+
+    return PlatformSettings(), PostgresSettings(), IndexSettings(), EmbeddingSettings()
+
+
+def _specs(platform: Any, collections: list[str], source: Path | None) -> list[Any]:
+    from assets.collections import load_specs
+
+    specs = load_specs(platform.collections_file)
+    known = {s.name for s in specs}
+    unknown = sorted(set(collections) - known)
+    if unknown:
+        raise typer.BadParameter(f"unknown collection(s) {', '.join(unknown)}; configured: {', '.join(sorted(known))}")
+    if source is not None:
+        if len(collections) != 1:
+            raise typer.BadParameter("--source needs exactly one --collection")
+        if not source.is_dir():
+            raise typer.BadParameter(f"--source {source} is not a folder")
+        specs = [
+            s.model_copy(update={"source": s.source.model_copy(update={"kind": "folder", "path": str(source.resolve())})})
+            if s.name == collections[0]
+            else s
+            for s in specs
+        ]
+    return specs
+
+
+@app.command()
+def ingest(
+    collection: Annotated[list[str] | None, typer.Option("--collection", "-c", help="Collection(s) to ingest; default all.")] = None,
+    source: Annotated[Path | None, typer.Option(help="Read the collection from this folder instead of its configured source.")] = None,
+    path: Annotated[list[str] | None, typer.Option("--path", help="Only these documents (ids relative to the source).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Ingest collections in this process; only changed documents are re-embedded."""
+    import dagster as dg
+
+    from kb.ingest import ingest_collections
+    from kb.platform import Platform
+    from pipelines.definitions import build_resources
+
+    platform, postgres, index, embedding = _settings()
+    selected = collection or []
+    specs = _specs(platform, selected, source)
+    runtime = Platform(platform, postgres, index)
+    uses_postgres = index.backend == "pgvector" or bool(postgres.database_url)
+    try:
+        if uses_postgres:
+            runtime.start_postgres()
+            runtime.apply_environment()
+            instance = dg.DagsterInstance.get()  # runs show up in the Dagster UI
+        else:
+            instance = dg.DagsterInstance.ephemeral()
+        resources = build_resources(platform, postgres, index, embedding)
+        names = [s.name for s in specs if not selected or s.name in selected]
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console,
+                      disable=as_json) as progress:  # fmt: skip
+            task = progress.add_task("ingesting " + ", ".join(names), total=len(names))
+            report = ingest_collections(specs, resources, instance, only=names, paths=path or (),
+                                        on_done=lambda name: progress.advance(task))  # fmt: skip
+    finally:
+        runtime.stop()
+    _emit(report, as_json)
+    if not all(r.get("ok") for r in report.values()):
+        raise typer.Exit(1)
+
+
+@app.command()
+def up(
+    ingest_samples: Annotated[bool, typer.Option("--ingest/--no-ingest", help="Materialize all collections after start.")] = True,
+) -> None:
+    """Start the embedded platform (PostgreSQL + pgvector, Dagster webserver and daemon) on loopback."""
+    import dagster as dg
+
+    from kb.ingest import ingest_collections
+    from kb.platform import Platform
+    from pipelines.definitions import build_resources
+
+    platform, postgres, index, embedding = _settings()
+    runtime = Platform(platform, postgres, index)
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        with console.status("starting PostgreSQL"):
+            url = runtime.start_postgres()
+        runtime.apply_environment()
+        with console.status("starting the Dagster webserver and daemon"):
+            runtime.start_dagster(platform.data_dir / "logs")
+            runtime.wait_for_webserver()
+        console.print(f"[bold]PostgreSQL[/] {url}")
+        console.print(f"[bold]Dagster UI[/] http://{platform.host}:{platform.dagster_port}")
+        if ingest_samples:
+            specs = _specs(platform, [], None)
+            resources = build_resources(platform, postgres, index, embedding)
+            with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console) as progress:
+                task = progress.add_task("materializing collections", total=len(specs))
+                report = ingest_collections(specs, resources, dg.DagsterInstance.get(), on_done=lambda _: progress.advance(task))
+            console.print_json(data=report)
+        console.print("[green]platform is up[/]; Ctrl-C stops it")
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        console.print("stopping")
+    finally:
+        runtime.stop()
+
+
+@webhook_app.command("enqueue")
+def webhook_enqueue(
+    collection: Annotated[str | None, typer.Option(help="Collection whose documents changed.")] = None,
+    path: Annotated[list[str] | None, typer.Option("--path", help="Changed document id (repeat).")] = None,
+    payload: Annotated[Path | None, typer.Option(help="A Gitea/GitHub push payload (JSON file) instead of --path.")] = None,
+    source: Annotated[str, typer.Option(help="Who sent the event.")] = "cli",
+    as_json: JsonFlag = False,
+) -> None:
+    """Queue a webhook event: the platform's sensor starts a run over just these documents."""
+    from kb.events import enqueue, route_push
+    from kb.platform import Platform
+    from pipelines.definitions import database_url
+
+    platform, postgres, index, _ = _settings()
+    specs = _specs(platform, [collection] if collection else [], None)
+    if payload is not None:
+        routed = route_push(json.loads(payload.read_text(encoding="utf-8")), specs)
+    elif collection and path:
+        routed = {collection: list(path)}
+    else:
+        raise typer.BadParameter("give --collection with --path, or --payload")
+    runtime = Platform(platform, postgres, index)
+    try:
+        runtime.start_postgres()
+        ids = {name: enqueue(database_url(platform, postgres), source, name, docs) for name, docs in routed.items()}
+    finally:
+        runtime.stop()
+    _emit({"queued": {name: {"event_id": ids[name], "documents": docs} for name, docs in routed.items()}}, as_json)
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    chunks: Annotated[int, typer.Option(help="Chunks in the generated corpus.")] = 20_000,
+    as_json: JsonFlag = False,
+) -> None:
+    """Pipeline vs embedding-alone throughput, and a no-op reindex, on the samples and a generated corpus."""
+    from kb.bench import run_ingest_benchmark
+
+    _emit(run_ingest_benchmark(chunks, console), as_json)
+
+
+if __name__ == "__main__":
+    app()
