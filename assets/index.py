@@ -162,7 +162,7 @@ class PgVectorIndex(VectorIndex):
         rows = self._conn.execute(
             f"SELECT chunk_hash, embedding FROM {self._table(collection)} WHERE doc_id = ANY(%s)", (list(doc_ids),)
         ).fetchall()
-        return {h: np.asarray(v, dtype=np.float32) for h, v in rows}
+        return {h: np.asarray(v.to_numpy(), dtype=np.float32) for h, v in rows}
 
     def write(self, collection: str, upserts: Sequence[IndexPoint], delete_ids: Sequence[str]) -> None:
         from pgvector import SparseVector as PgSparse

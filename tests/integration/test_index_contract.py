@@ -1,0 +1,99 @@
+"""One contract, two backends: pgvector in the embedded PostgreSQL and Qdrant in local mode."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from assets.chunk import chunk_id
+from assets.index import IndexPoint, PgVectorIndex, QdrantIndex, VectorIndex
+from assets.sparse import bm25_document_vector, query_terms
+
+TEXTS = {
+    "kafka.md": "Consumer lag on the payments events topic: scale the Kafka consumer to the partition count.",
+    "redis.md": "Redis primary failover for idempotency keys: promote a replica with cluster failover takeover.",
+    "ru.md": "Повторный запуск расчётного батча безопасен: батч идемпотентен.",
+}
+
+
+@pytest.fixture(params=["pgvector", "qdrant"])
+def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorIndex]:
+    backend: VectorIndex
+    if request.param == "pgvector":
+        backend = PgVectorIndex(request.getfixturevalue("postgres_url"))
+    else:
+        backend = QdrantIndex(path=tmp_path / "qdrant")
+    backend.drop_collection("contract")
+    backend.ensure_collection("contract", 384)
+    yield backend
+    backend.drop_collection("contract")
+    backend.close()
+
+
+def points(embedder, texts: dict[str, str], doc_hash: str = "v1") -> list[IndexPoint]:  # type: ignore[no-untyped-def]
+    vectors = embedder.embed_passages(list(texts.values()))
+    return [
+        IndexPoint(chunk_id("contract", doc, 0), doc, doc_hash, 0, f"hash-{doc}-{text[:8]}", text,
+                   {"path": doc, "lang": "ru" if doc == "ru.md" else "en"}, vector, bm25_document_vector(text, 20))
+        for (doc, text), vector in zip(texts.items(), vectors, strict=True)
+    ]  # fmt: skip
+
+
+def test_written_points_are_found_by_dense_and_sparse_search(index: VectorIndex, embedder) -> None:  # type: ignore[no-untyped-def]
+    index.write("contract", points(embedder, TEXTS), [])
+    assert index.count("contract") == 3
+    dense = index.dense_search("contract", embedder.embed_queries(["kafka consumer lag"])[0], 3)
+    assert dense[0].doc_id == "kafka.md" and dense[0].score > dense[-1].score
+    sparse = index.sparse_search("contract", query_terms("redis failover"), 3)
+    assert [h.doc_id for h in sparse] == ["redis.md"]
+    assert index.sparse_search("contract", query_terms("расчётных батчей"), 3)[0].doc_id == "ru.md"
+
+
+def test_metadata_filters_narrow_both_searches(index: VectorIndex, embedder) -> None:  # type: ignore[no-untyped-def]
+    index.write("contract", points(embedder, TEXTS), [])
+    vector = embedder.embed_queries(["kafka consumer lag"])[0]
+    assert {h.doc_id for h in index.dense_search("contract", vector, 3, {"lang": "ru"})} == {"ru.md"}
+    assert index.sparse_search("contract", query_terms("kafka"), 3, {"path": ["redis.md"]}) == []
+
+
+def test_upsert_is_idempotent_and_delete_removes_points(index: VectorIndex, embedder) -> None:  # type: ignore[no-untyped-def]
+    batch = points(embedder, TEXTS)
+    index.write("contract", batch, [])
+    index.write("contract", batch, [])
+    assert index.count("contract") == 3
+    index.write("contract", [], [batch[0].chunk_id])
+    assert index.count("contract") == 2
+    assert {c.doc_id for c in index.stored_chunks("contract")} == {"redis.md", "ru.md"}
+
+
+def test_stored_hashes_and_vectors_support_incremental_runs(index: VectorIndex, embedder) -> None:  # type: ignore[no-untyped-def]
+    batch = points(embedder, TEXTS)
+    index.write("contract", batch, [])
+    assert index.document_hashes("contract") == {"kafka.md": "v1", "redis.md": "v1", "ru.md": "v1"}
+    stored = index.vectors_by_chunk_hash("contract", ["kafka.md"])
+    assert list(stored) == [batch[0].chunk_hash]
+    assert np.allclose(stored[batch[0].chunk_hash], batch[0].dense, atol=1e-5)
+
+
+def test_a_document_with_disagreeing_chunk_hashes_is_marked_for_rewrite(index: VectorIndex, embedder) -> None:  # type: ignore[no-untyped-def]
+    first = points(embedder, {"kafka.md": TEXTS["kafka.md"]}, "v1")[0]
+    second = IndexPoint(chunk_id("contract", "kafka.md", 1), "kafka.md", "v2", 1, "other", "more text", {}, first.dense, first.sparse)
+    index.write("contract", [first, second], [])
+    assert index.document_hashes("contract") == {"kafka.md": ""}
+
+
+def test_pgvector_write_is_atomic(postgres_url: str, embedder) -> None:  # type: ignore[no-untyped-def]
+    index = PgVectorIndex(postgres_url)
+    index.drop_collection("atomic")
+    index.ensure_collection("atomic", 384)
+    good = points(embedder, TEXTS)
+    index.write("atomic", good[:1], [])
+    broken = IndexPoint("not-a-uuid", "x.md", "v1", 0, "h", "t", {}, good[1].dense, good[1].sparse)
+    with pytest.raises(Exception):  # noqa: B017 - any database error must roll back the whole write
+        index.write("atomic", [good[2], broken], [good[0].chunk_id])
+    assert [c.doc_id for c in index.stored_chunks("atomic")] == ["kafka.md"]
+    index.drop_collection("atomic")
+    index.close()
