@@ -76,7 +76,9 @@ class VectorIndex(ABC):
     def count(self, collection: str) -> int: ...
 
     @abstractmethod
-    def dense_search(self, collection: str, vector: NDArray[np.float32], limit: int, filters: Filters | None = None) -> list[Hit]: ...
+    def dense_search(
+        self, collection: str, vector: NDArray[np.float32], limit: int, filters: Filters | None = None
+    ) -> list[Hit]: ...
 
     @abstractmethod
     def sparse_search(self, collection: str, terms: Sequence[int], limit: int, filters: Filters | None = None) -> list[Hit]:
@@ -322,8 +324,14 @@ class QdrantIndex(VectorIndex):
                             self.DENSE: p.dense.tolist(),
                             self.SPARSE: models.SparseVector(indices=list(p.sparse.indices), values=list(p.sparse.values)),
                         },
-                        payload={"doc_id": p.doc_id, "doc_hash": p.doc_hash, "chunk_no": p.chunk_no,
-                                 "chunk_hash": p.chunk_hash, "text": p.text, "metadata": p.metadata},
+                        payload={
+                            "doc_id": p.doc_id,
+                            "doc_hash": p.doc_hash,
+                            "chunk_no": p.chunk_no,
+                            "chunk_hash": p.chunk_hash,
+                            "text": p.text,
+                            "metadata": p.metadata,
+                        },
                     )  # fmt: skip
                     for p in batch
                 ],
@@ -344,9 +352,7 @@ class QdrantIndex(VectorIndex):
         if not filters:
             return None
         return models.Filter(
-            must=[
-                models.FieldCondition(key=f"metadata.{k}", match=models.MatchAny(any=_as_list(v))) for k, v in filters.items()
-            ]
+            must=[models.FieldCondition(key=f"metadata.{k}", match=models.MatchAny(any=_as_list(v))) for k, v in filters.items()]
         )
 
     def _query(self, collection: str, query: Any, using: str, limit: int, filters: Filters | None) -> list[Hit]:
@@ -355,7 +361,9 @@ class QdrantIndex(VectorIndex):
         result = self._client.query_points(
             collection, query=query, using=using, limit=limit, query_filter=self._filter(filters), with_payload=True
         )
-        return [Hit(str(p.id), p.payload["doc_id"], float(p.score), p.payload["text"], p.payload["metadata"]) for p in result.points]
+        return [
+            Hit(str(p.id), p.payload["doc_id"], float(p.score), p.payload["text"], p.payload["metadata"]) for p in result.points
+        ]
 
     def dense_search(self, collection: str, vector: NDArray[np.float32], limit: int, filters: Filters | None = None) -> list[Hit]:
         return self._query(collection, vector.tolist(), self.DENSE, limit, filters)

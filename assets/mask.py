@@ -47,8 +47,14 @@ RULES: tuple[Rule, ...] = (
         group=1,
         # Placeholders and references to other secrets are not secrets themselves.
         # Type annotations in code (`secret: str`) name a type, not a value.
-        accept=lambda v: not re.fullmatch(r"(?:str|string|bytes|int|bool|dict|Any|None|SecretStr|Optional\[\w*|Secret)\W*|\$\{?[\w.]+\}?|<[^>]+>|\*+|x+|\{\{.*\}\}|null|none|true|false|"
-                                          r"secretKeyRef|valueFrom|\|", v, re.I),
+        accept=lambda v: (
+            not re.fullmatch(
+                r"(?:str|string|bytes|int|bool|dict|Any|None|SecretStr|Optional\[\w*|Secret)\W*|\$\{?[\w.]+\}?|<[^>]+>|\*+|x+|\{\{.*\}\}|null|none|true|false|"
+                r"secretKeyRef|valueFrom|\|",
+                v,
+                re.I,
+            )
+        ),
     ),
     Rule(
         "card-number",

@@ -37,7 +37,9 @@ _DECLARATION = re.compile(
     r"(?:func|function|def|class|interface|type|struct|impl|fn|module|resource|CREATE|create)\b[^\n]*$",
     re.MULTILINE,
 )
-_DECLARED_NAME = re.compile(r"(?:func|function|def|class|interface|type|struct|impl|fn|module|resource)\s+(?:\([^)]*\)\s*)?([\w.\"]+)")
+_DECLARED_NAME = re.compile(
+    r"(?:func|function|def|class|interface|type|struct|impl|fn|module|resource)\s+(?:\([^)]*\)\s*)?([\w.\"]+)"
+)
 _FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*\n", re.DOTALL)
 
 
@@ -274,8 +276,11 @@ def _yaml_sections(text: str) -> list[Section]:
         meta: dict[str, str] = {}
         if isinstance(data, dict):
             meta_block = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
-            for key, value in (("kind", data.get("kind")), ("name", meta_block.get("name")),
-                               ("namespace", meta_block.get("namespace") or "default" if data.get("kind") else None)):
+            for key, value in (
+                ("kind", data.get("kind")),
+                ("name", meta_block.get("name")),
+                ("namespace", meta_block.get("namespace") or "default" if data.get("kind") else None),
+            ):
                 if value:
                     meta[key] = str(value)
         sections.append(Section(piece.strip("\n"), metadata=meta))

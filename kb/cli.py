@@ -65,8 +65,12 @@ def _specs(platform: Any, collections: list[str], source: Path | None) -> list[A
 
 @app.command()
 def ingest(
-    collection: Annotated[list[str] | None, typer.Option("--collection", "-c", help="Collection(s) to ingest; default all.")] = None,
-    source: Annotated[Path | None, typer.Option(help="Read the collection from this folder instead of its configured source.")] = None,
+    collection: Annotated[
+        list[str] | None, typer.Option("--collection", "-c", help="Collection(s) to ingest; default all.")
+    ] = None,
+    source: Annotated[
+        Path | None, typer.Option(help="Read the collection from this folder instead of its configured source.")
+    ] = None,
     path: Annotated[list[str] | None, typer.Option("--path", help="Only these documents (ids relative to the source).")] = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -136,7 +140,9 @@ def up(
         if ingest_samples:
             specs = _specs(platform, [], None)
             resources = build_resources(platform, postgres, index, embedding)
-            with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console) as progress:
+            with Progress(
+                SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
+            ) as progress:
                 task = progress.add_task("materializing collections", total=len(specs))
                 report = ingest_collections(specs, resources, dg.DagsterInstance.get(), on_done=lambda _: progress.advance(task))
             console.print_json(data=report)

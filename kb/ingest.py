@@ -55,7 +55,9 @@ def ingest_collections(
 def _collection_report(collection: str, result: dg.ExecuteInProcessResult, seconds: float) -> dict[str, Any]:
     if not result.success:
         failures = [
-            str(event.step_failure_data.error.message).strip() if event.step_failure_data and event.step_failure_data.error else event.message
+            str(event.step_failure_data.error.message).strip()
+            if event.step_failure_data and event.step_failure_data.error
+            else event.message
             for event in result.all_events
             if event.is_step_failure
         ]
@@ -64,7 +66,12 @@ def _collection_report(collection: str, result: dg.ExecuteInProcessResult, secon
             for e in result.all_events
             if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.event_specific_data.passed  # type: ignore[union-attr]
         ]
-        return {"ok": False, "error": "; ".join(filter(None, failures)) or "run failed", "failed_checks": failed_checks, "seconds": seconds}
+        return {
+            "ok": False,
+            "error": "; ".join(filter(None, failures)) or "run failed",
+            "failed_checks": failed_checks,
+            "seconds": seconds,
+        }
     index: IndexReport = result.output_for_node(f"{collection}__index")
     return {
         "ok": True,

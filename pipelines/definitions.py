@@ -30,7 +30,10 @@ def build_resources(
             qdrant_api_key=index.qdrant_api_key,
         ),
         "embedder": EmbedderResource(
-            model_dir=str(embedding.model_dir), pooling=embedding.pooling, batch_size=embedding.batch_size, max_length=embedding.max_length
+            model_dir=str(embedding.model_dir),
+            pooling=embedding.pooling,
+            batch_size=embedding.batch_size,
+            max_length=embedding.max_length,
         ),
         "storage": StorageResource(data_dir=str(platform.data_dir), max_file_bytes=platform.max_file_bytes),
         "events": EventQueueResource(database_url=url),

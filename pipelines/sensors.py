@@ -1,6 +1,5 @@
 """The webhook sensor: queued events become runs that reindex only the documents they name."""
 
-
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any

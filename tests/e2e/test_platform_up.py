@@ -20,7 +20,12 @@ pytestmark = pytest.mark.e2e
 
 def test_kb_up_materializes_five_groups_and_stops_cleanly(tmp_path: Path) -> None:
     port = free_port()
-    env = {**os.environ, "KB_DATA_DIR": str(tmp_path / "data"), "KB_POSTGRES_PORT": str(free_port()), "KB_DAGSTER_PORT": str(port)}
+    env = {
+        **os.environ,
+        "KB_DATA_DIR": str(tmp_path / "data"),
+        "KB_POSTGRES_PORT": str(free_port()),
+        "KB_DAGSTER_PORT": str(port),
+    }
     kb = Path(sys.executable).parent / "kb"
     log = (tmp_path / "up.log").open("w+")
     process = subprocess.Popen([str(kb), "up"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -33,7 +38,7 @@ def test_kb_up_materializes_five_groups_and_stops_cleanly(tmp_path: Path) -> Non
         query = "{ assetNodes { groupName hasAssetChecks assetMaterializations(limit: 1) { timestamp } } }"
         nodes = httpx.post(f"http://127.0.0.1:{port}/graphql", json={"query": query}, timeout=30).json()["data"]["assetNodes"]
         groups = Counter(n["groupName"] for n in nodes)
-        assert groups == {name: 6 for name in ("technical_docs", "code_snippets", "incidents", "k8s_configs", "runbooks")}
+        assert groups == dict.fromkeys(("technical_docs", "code_snippets", "incidents", "k8s_configs", "runbooks"), 6)
         assert all(n["assetMaterializations"] for n in nodes)
         assert sum(n["hasAssetChecks"] for n in nodes) == 20
     finally:

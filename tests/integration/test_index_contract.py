@@ -80,7 +80,9 @@ def test_stored_hashes_and_vectors_support_incremental_runs(index: VectorIndex, 
 
 def test_a_document_with_disagreeing_chunk_hashes_is_marked_for_rewrite(index: VectorIndex, embedder) -> None:  # type: ignore[no-untyped-def]
     first = points(embedder, {"kafka.md": TEXTS["kafka.md"]}, "v1")[0]
-    second = IndexPoint(chunk_id("contract", "kafka.md", 1), "kafka.md", "v2", 1, "other", "more text", {}, first.dense, first.sparse)
+    second = IndexPoint(
+        chunk_id("contract", "kafka.md", 1), "kafka.md", "v2", 1, "other", "more text", {}, first.dense, first.sparse
+    )
     index.write("contract", [first, second], [])
     assert index.document_hashes("contract") == {"kafka.md": ""}
 

@@ -33,7 +33,9 @@ def resources(postgres_url: str, data_dir: Path, max_file_bytes: int = 1_000_000
 def collection(sample_specs: list[CollectionSpec], base: str, folder: Path) -> CollectionSpec:
     """A uniquely named copy of a sample collection reading from `folder`, so tests never share an index table."""
     spec = next(s for s in sample_specs if s.name == base)
-    return spec.model_copy(update={"name": f"t{uuid.uuid4().hex[:10]}", "source": spec.source.model_copy(update={"path": str(folder)})})
+    return spec.model_copy(
+        update={"name": f"t{uuid.uuid4().hex[:10]}", "source": spec.source.model_copy(update={"path": str(folder)})}
+    )
 
 
 def run(spec: CollectionSpec, res: dict[str, Any], paths: list[str] | None = None) -> dict[str, Any]:
@@ -154,7 +156,9 @@ def test_git_source_reads_files_at_a_ref_with_commit_metadata(tmp_path: Path) ->
 
     def git(*args: str) -> str:
         env_args = ["-c", "user.name=Dev", "-c", "user.email=dev@example.com"]
-        return subprocess.run(["git", "-C", str(repo), *env_args, *args], check=True, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(repo), *env_args, *args], check=True, capture_output=True, text=True
+        ).stdout.strip()
 
     git("init", "-q", "-b", "main")
     (repo / "src" / "a.py").write_text("def a():\n    return 1\n")
@@ -169,7 +173,7 @@ def test_git_source_reads_files_at_a_ref_with_commit_metadata(tmp_path: Path) ->
     assert set(head) == {"a.py", "b.py"}
     assert head["a.py"].metadata["commit"] == first and head["b.py"].metadata["commit"] != first
     assert head["a.py"].metadata["author"] == "Dev"
-    assert set(d.doc_id for d in GitSource(repo, first, "src").documents(1_000_000)) == {"a.py"}
+    assert {d.doc_id for d in GitSource(repo, first, "src").documents(1_000_000)} == {"a.py"}
 
 
 @pytest.mark.parametrize("backend", ["qdrant"])

@@ -5,9 +5,9 @@ import yaml
 from pydantic import ValidationError
 
 from assets.collections import load_specs
-from kb.settings import PROJECT_ROOT
 from assets.sparse import analyze, bm25_document_vector, query_terms, term_id
 from kb.events import route_push
+from kb.settings import PROJECT_ROOT
 
 
 def test_english_and_russian_words_are_stemmed() -> None:
@@ -29,8 +29,13 @@ def test_bm25_weights_saturate_with_term_frequency() -> None:
 
 def test_a_sixth_collection_is_a_config_change(tmp_path: Path) -> None:
     config = yaml.safe_load((PROJECT_ROOT / "collections.yaml").read_text())
-    config["collections"]["adrs"] = {"chunk_tokens": 300, "chunk_overlap": 30, "splitter": "prose",
-                                     "metadata": ["status"], "source": {"kind": "folder", "path": "adr"}}  # fmt: skip
+    config["collections"]["adrs"] = {
+        "chunk_tokens": 300,
+        "chunk_overlap": 30,
+        "splitter": "prose",
+        "metadata": ["status"],
+        "source": {"kind": "folder", "path": "adr"},
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     specs = {s.name: s for s in load_specs(tmp_path / "c.yaml")}
     assert len(specs) == 6
@@ -45,8 +50,14 @@ def test_overlap_not_below_size_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_push_is_routed_to_the_collections_bound_to_its_repository(sample_specs) -> None:  # type: ignore[no-untyped-def]
-    bound = [s.model_copy(update={"source": s.source.model_copy(update={"repository": "payments/gateway", "subdir": "src"})})
-             if s.name == "code_snippets" else s for s in sample_specs]  # fmt: skip
-    payload = {"repository": {"full_name": "payments/gateway"},
-               "commits": [{"added": ["src/a.py"], "modified": ["src/b.go", "README.md"]}, {"removed": ["src/c.py"]}]}  # fmt: skip
+    bound = [
+        s.model_copy(update={"source": s.source.model_copy(update={"repository": "payments/gateway", "subdir": "src"})})
+        if s.name == "code_snippets"
+        else s
+        for s in sample_specs
+    ]
+    payload = {
+        "repository": {"full_name": "payments/gateway"},
+        "commits": [{"added": ["src/a.py"], "modified": ["src/b.go", "README.md"]}, {"removed": ["src/c.py"]}],
+    }
     assert route_push(payload, bound) == {"code_snippets": ["a.py", "b.go", "c.py"]}
