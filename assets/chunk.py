@@ -54,8 +54,12 @@ class Chunker:
     def chunk(self, doc: ParsedDocument) -> list[Chunk]:
         kind = document_kind(doc.doc_id, self.spec.splitter)
         pieces: list[tuple[str, Section]] = []
-        for section in _merge_small_units(doc.sections, self.count, self.spec.chunk_tokens) if kind == "code" else doc.sections:
-            pieces.extend((text, section) for text in self._split_section(section))
+        sections = _merge_small_units(doc.sections, self.count, self.spec.chunk_tokens) if kind == "code" else doc.sections
+        for section in sections:
+            # Code and manifests lead with their path (names like redis-master-deployment.yaml carry meaning);
+            # prose leads with its heading path.
+            header = doc.metadata.get("path", doc.doc_id) if kind in ("code", "yaml") else " > ".join(section.headings)
+            pieces.extend((text, section) for text in self._split_section(section, header))
         chunks = []
         for n, (text, section) in enumerate(pieces):
             metadata = {**doc.metadata, **section.metadata}
@@ -75,10 +79,9 @@ class Chunker:
             )
         return chunks
 
-    def _split_section(self, section: Section) -> list[str]:
-        """Sections that fit stay whole; longer ones are split with overlap. Headings lead every piece
-        so a chunk read alone still says where it comes from."""
-        header = " > ".join(section.headings)
+    def _split_section(self, section: Section, header: str) -> list[str]:
+        """Sections that fit stay whole; longer ones are split with overlap. The header leads every
+        piece so a chunk read alone still says where it comes from."""
         header_text = f"{header}\n\n" if header and header != section.text.strip() else ""
         budget = self.spec.chunk_tokens - (self.count(header_text) if header_text else 0)
         body = section.text.strip()

@@ -23,6 +23,7 @@ DIMENSIONS = 1_000_000_000
 _WORD = re.compile(r"[^\W\d_][\w'-]*|\d+(?:[.,]\d+)*", re.UNICODE)
 _CJK_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 _CYRILLIC = re.compile(r"[\u0400-\u04ff]")
+_CAMEL = re.compile(r"[A-ZА-Я]?[a-zа-яё]+|[A-ZА-Я]+(?![a-zа-яё])|\d+")
 
 
 @dataclass(frozen=True)
@@ -42,12 +43,20 @@ def analyze(text: str) -> list[str]:
     for run in _CJK_RUN.findall(text):
         terms.extend(run)
         terms.extend(run[i : i + 2] for i in range(len(run) - 1))
-    for word in _WORD.findall(_CJK_RUN.sub(" ", text.lower())):
+    for word in _WORD.findall(_CJK_RUN.sub(" ", text)):
         language = "russian" if _CYRILLIC.search(word) else "english"
-        for part in word.replace("'", "-").split("-"):
-            if part:
-                terms.append(_stemmer(language).stemWord(part))
+        for part in _word_parts(word):
+            terms.append(_stemmer(language).stemWord(part))
     return terms
+
+
+def _word_parts(word: str) -> list[str]:
+    """A word in lower case; identifiers (snake_case, camelCase, kebab-case) also as their parts, so
+    `readOnly` and `check_file_readonly` meet a query for "read only file"."""
+    pieces = [p for p in re.split(r"[_'-]+", word) if p]
+    parts = [p.lower() for piece in pieces for p in _CAMEL.findall(piece) or [piece]]
+    whole = word.lower().strip("_'-")
+    return [whole, *parts] if len(parts) > 1 and whole else parts or ([whole] if whole else [])
 
 
 def term_id(term: str) -> int:

@@ -22,7 +22,9 @@ app = typer.Typer(help="Self-hosted knowledge assistant: ingestion platform and 
 webhook_app = typer.Typer(help="Queue webhook events for the ingestion sensor.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks (figures go to the README).", no_args_is_help=True)
 app.add_typer(webhook_app, name="webhook")
+eval_app = typer.Typer(help="Retrieval and answer quality on BEIR-like sets.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+app.add_typer(eval_app, name="eval")
 console = Console(stderr=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
@@ -194,6 +196,29 @@ def bench_ingest(
     from kb.bench import run_ingest_benchmark
 
     _emit(run_ingest_benchmark(chunks, console), as_json)
+
+
+@eval_app.command("retrieval")
+def eval_retrieval(
+    dataset: Annotated[Path, typer.Option(help="Folder with corpus.jsonl, queries.jsonl, qrels.tsv (+ meta.json).")],
+    variant: Annotated[str | None, typer.Option(help="Suffixed files (en, ru, zh) or a query field (with_name).")] = None,
+    corpus_variant: Annotated[str | None, typer.Option(help="Another language's corpus for these queries.")] = None,
+    collection: Annotated[str | None, typer.Option(help="Whose chunking to use when meta.json does not say.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N queries (quick runs).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """BM25, dense, hybrid and hybrid+rerank on one set, in one run, through the project's own pipeline."""
+    from evals.cli_support import write_result
+    from evals.datasets import DatasetError
+    from evals.suite import evaluate_retrieval
+
+    platform, _, _, embedding = _settings()
+    try:
+        result = evaluate_retrieval(dataset, variant, corpus_variant, collection, limit, platform, embedding, console)
+    except DatasetError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    result["results_file"] = str(write_result("retrieval", result["dataset"], result))
+    _emit(result, as_json)
 
 
 if __name__ == "__main__":

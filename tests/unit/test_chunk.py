@@ -35,4 +35,4 @@ def test_code_units_stay_whole_and_imports_join_the_next_unit(embedder) -> None:
     )  # fmt: skip
     chunks = Chunker(spec(256, 25, "code"), embedder.count_tokens).chunk(doc)
     assert [c.metadata.get("symbol") for c in chunks] == ["a", "b"]
-    assert chunks[0].text.startswith("import os")
+    assert chunks[0].text.startswith("m.py\n\nimport os")

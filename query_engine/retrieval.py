@@ -1,0 +1,121 @@
+"""Hybrid retrieval over the index: dense and BM25 candidates per collection, fused by reciprocal rank."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from llama_index.core.retrievers import BaseRetriever
+from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+
+from assets.embed import Embedder
+from assets.index import Filters, Hit, VectorIndex
+from assets.sparse import query_terms
+
+Mode = Literal["dense", "sparse", "hybrid"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A chunk found by one or both searches, with its rank in each list (1-based; None: not found)."""
+
+    collection: str
+    hit: Hit
+    dense_rank: int | None = None
+    sparse_rank: int | None = None
+    dense_score: float | None = None
+    sparse_score: float | None = None
+    score: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def reciprocal_rank_fusion(
+    dense: dict[str, list[Hit]], sparse: dict[str, list[Hit]], k: int = 60, sparse_weight: float = 1.0
+) -> list[Candidate]:
+    """RRF over every (collection, search) list: score = Σ w / (k + rank). Rank-based, so BM25 and
+    cosine scores never have to be put on one scale."""
+    merged: dict[tuple[str, str], Candidate] = {}
+    for collection, hits in dense.items():
+        for rank, hit in enumerate(hits, start=1):
+            merged[(collection, hit.chunk_id)] = Candidate(collection, hit, dense_rank=rank, dense_score=hit.score)
+    for collection, hits in sparse.items():
+        for rank, hit in enumerate(hits, start=1):
+            found = merged.get((collection, hit.chunk_id))
+            merged[(collection, hit.chunk_id)] = (
+                Candidate(collection, hit, sparse_rank=rank, sparse_score=hit.score)
+                if found is None
+                else Candidate(collection, found.hit, found.dense_rank, rank, found.dense_score, hit.score)
+            )
+    scored = [
+        Candidate(
+            c.collection, c.hit, c.dense_rank, c.sparse_rank, c.dense_score, c.sparse_score,
+            score=(1 / (k + c.dense_rank) if c.dense_rank else 0.0) + (sparse_weight / (k + c.sparse_rank) if c.sparse_rank else 0.0),
+        )
+        for c in merged.values()
+    ]  # fmt: skip
+    return sorted(scored, key=lambda c: c.score, reverse=True)
+
+
+def _single_list(results: dict[str, list[Hit]], attribute: str) -> list[Candidate]:
+    """Candidates of one search across collections, ordered by that search's score."""
+    candidates = [
+        Candidate(collection, hit, score=hit.score, **{f"{attribute}_rank": rank, f"{attribute}_score": hit.score})  # type: ignore[arg-type]
+        for collection, hits in results.items()
+        for rank, hit in enumerate(hits, start=1)
+    ]
+    return sorted(candidates, key=lambda c: c.score, reverse=True)
+
+
+class HybridRetriever(BaseRetriever):
+    """Dense + sparse search in each selected collection, fused; filters apply to both searches."""
+
+    def __init__(
+        self,
+        index: VectorIndex,
+        embedder: Embedder,
+        collections: Sequence[str],
+        top_k: int = 10,
+        candidates: int = 50,
+        mode: Mode = "hybrid",
+        filters: Filters | None = None,
+        rrf_k: int = 60,
+    ) -> None:
+        super().__init__()
+        if not collections:
+            raise ValueError("retrieval needs at least one collection")
+        self.index = index
+        self.embedder = embedder
+        self.collections = list(collections)
+        self.top_k = top_k
+        self.candidates = max(candidates, top_k)
+        self.mode = mode
+        self.filters = filters
+        self.rrf_k = rrf_k
+
+    def search(self, query: str) -> list[Candidate]:
+        """Fused candidates, best first (up to `candidates`), for rerankers that need the ranks."""
+        dense: dict[str, list[Hit]] = {}
+        sparse: dict[str, list[Hit]] = {}
+        if self.mode in ("dense", "hybrid"):
+            vector = self.embedder.embed_queries([query])[0]
+            dense = {c: self.index.dense_search(c, vector, self.candidates, self.filters) for c in self.collections}
+        if self.mode in ("sparse", "hybrid"):
+            terms = query_terms(query)
+            sparse = {c: self.index.sparse_search(c, terms, self.candidates, self.filters) for c in self.collections}
+        if self.mode == "dense":
+            return _single_list(dense, "dense")[: self.candidates]
+        if self.mode == "sparse":
+            return _single_list(sparse, "sparse")[: self.candidates]
+        return reciprocal_rank_fusion(dense, sparse, self.rrf_k)[: self.candidates]
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        return [to_node(c) for c in self.search(query_bundle.query_str)[: self.top_k]]
+
+
+def to_node(candidate: Candidate) -> NodeWithScore:
+    hit = candidate.hit
+    metadata = {**hit.metadata, "collection": candidate.collection, "doc_id": hit.doc_id,
+                "dense_rank": candidate.dense_rank, "sparse_rank": candidate.sparse_rank,
+                "dense_score": candidate.dense_score, "sparse_score": candidate.sparse_score}  # fmt: skip
+    return NodeWithScore(node=TextNode(id_=hit.chunk_id, text=hit.text, metadata=metadata), score=candidate.score)
