@@ -40,6 +40,9 @@ _DECLARATION = re.compile(
 _DECLARED_NAME = re.compile(
     r"(?:func|function|def|class|interface|type|struct|impl|fn|module|resource)\s+(?:\([^)]*\)\s*)?([\w.\"]+)"
 )
+# unstructured's per-document language detection (langdetect) is most of its parsing time here, and
+# `detect_language` below already sets the document language the index filters on.
+NO_LANGUAGE_DETECTION = [""]
 _FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*\n", re.DOTALL)
 
 
@@ -193,10 +196,10 @@ def _partition_markup(text: str, suffix: str) -> list[Section]:
     if suffix in {".html", ".htm"}:
         from unstructured.partition.html import partition_html
 
-        return _elements_to_sections(partition_html(text=text))
+        return _elements_to_sections(partition_html(text=text, languages=NO_LANGUAGE_DETECTION))
     from unstructured.partition.md import partition_md
 
-    return _elements_to_sections(partition_md(text=text))
+    return _elements_to_sections(partition_md(text=text, languages=NO_LANGUAGE_DETECTION))
 
 
 def _partition_binary(raw: RawDocument) -> list[Section]:
@@ -209,7 +212,7 @@ def _partition_binary(raw: RawDocument) -> list[Section]:
         else:
             from unstructured.partition.docx import partition_docx
 
-            elements = partition_docx(file=io.BytesIO(raw.content))
+            elements = partition_docx(file=io.BytesIO(raw.content), languages=NO_LANGUAGE_DETECTION)
     except Exception as exc:  # every parser failure quarantines the file with its reason
         raise ParseError(f"{type(exc).__name__}: {exc}"[:500]) from exc
     return _elements_to_sections(elements)

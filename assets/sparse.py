@@ -11,7 +11,7 @@ import re
 import zlib
 from collections import Counter
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 import snowballstemmer
 
@@ -44,10 +44,16 @@ def analyze(text: str) -> list[str]:
         terms.extend(run)
         terms.extend(run[i : i + 2] for i in range(len(run) - 1))
     for word in _WORD.findall(_CJK_RUN.sub(" ", text)):
-        language = "russian" if _CYRILLIC.search(word) else "english"
-        for part in _word_parts(word):
-            terms.append(_stemmer(language).stemWord(part))
+        terms.extend(_word_terms(word))
     return terms
+
+
+@lru_cache(maxsize=200_000)
+def _word_terms(word: str) -> tuple[str, ...]:
+    """Stemmed terms of one word, cached: vocabularies are small next to token counts, and Snowball
+    stemming in Python is the analyzer's main cost."""
+    stemmer = _stemmer("russian" if _CYRILLIC.search(word) else "english")
+    return tuple(stemmer.stemWord(part) for part in _word_parts(word))
 
 
 def _word_parts(word: str) -> list[str]:

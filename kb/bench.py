@@ -106,8 +106,8 @@ def run_ingest_benchmark(target_chunks: int, console: Console) -> dict[str, Any]
     try:
         samples = load_specs(PlatformSettings().collections_file, PROJECT_ROOT)
         results = {"sample_knowledge_base": _measure("samples", samples, resources, console)}
-        # 64-token chunks, 4 sections of ~60 tokens per document: about one chunk per section.
-        documents = max(1, target_chunks // 5)
+        # 64-token chunks; a ~70-token section (with its heading path) makes two: ~10 chunks per document.
+        documents = max(1, target_chunks // 10)
         generate_corpus(work / "generated", documents, paragraphs=5)
         spec = CollectionSpec(name="bench_generated", chunk_tokens=64, chunk_overlap=8, splitter="prose",
                               source=SourceSpec(path=str(work / "generated")))  # fmt: skip
