@@ -6,7 +6,6 @@ the hashes that make ingestion incremental: the index itself is the record of wh
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from abc import ABC, abstractmethod
@@ -75,6 +74,10 @@ class VectorIndex(ABC):
 
     @abstractmethod
     def count(self, collection: str) -> int: ...
+
+    @abstractmethod
+    def document_chunks(self, collection: str, doc_id: str) -> list[Hit]:
+        """The stored chunks of one document in order (score 0): what a source link shows."""
 
     @abstractmethod
     def dense_search(
@@ -208,6 +211,15 @@ class PgVectorIndex(VectorIndex):
             return 0
         row = self._conn.execute(f"SELECT count(*) FROM {self._table(collection)}").fetchone()
         return int(row[0]) if row else 0
+
+    def document_chunks(self, collection: str, doc_id: str) -> list[Hit]:
+        if not self._exists(collection):
+            return []
+        rows = self._conn.execute(
+            f"SELECT id, doc_id, 0.0, text, metadata FROM {self._table(collection)} WHERE doc_id = %s ORDER BY chunk_no",
+            (doc_id,),
+        ).fetchall()
+        return self._hits(rows)
 
     @staticmethod
     def _where(filters: Filters | None) -> tuple[str, list[Any]]:
@@ -357,6 +369,12 @@ class QdrantIndex(VectorIndex):
         if not self._client.collection_exists(collection):
             return 0
         return int(self._client.count(collection, exact=True).count)
+
+    def document_chunks(self, collection: str, doc_id: str) -> list[Hit]:
+        points = sorted(
+            self._scroll(collection, self._doc_filter([doc_id]), with_vectors=False), key=lambda p: p.payload["chunk_no"]
+        )
+        return [Hit(str(p.id), doc_id, 0.0, p.payload["text"], p.payload["metadata"]) for p in points]
 
     @staticmethod
     def _filter(filters: Filters | None) -> Any:

@@ -26,5 +26,7 @@ def write_result(kind: str, label: str, result: dict[str, Any]) -> Path:
     commit = current_commit()
     name = f"{kind}-{label.replace(':', '-').replace('>', '')}-{stamp:%Y%m%d}-{commit}.json"
     path = RESULTS_DIR / name
-    path.write_text(json.dumps({"commit": commit, "date": stamp.isoformat(timespec="seconds"), **result}, indent=2, ensure_ascii=False))
+    path.write_text(
+        json.dumps({"commit": commit, "date": stamp.isoformat(timespec="seconds"), **result}, indent=2, ensure_ascii=False)
+    )
     return path

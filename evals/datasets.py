@@ -58,7 +58,9 @@ def collection_of(meta: dict[str, Any]) -> str | None:
     return None if first in ("", "none") else first
 
 
-def load_dataset(path: Path, variant: str | None = None, corpus_variant: str | None = None, collection: str | None = None) -> EvalSet:
+def load_dataset(
+    path: Path, variant: str | None = None, corpus_variant: str | None = None, collection: str | None = None
+) -> EvalSet:
     """Read a folder: `corpus.jsonl`, `queries.jsonl`, `qrels.tsv` (+ `answers.jsonl`, `meta.json`).
 
     `variant` picks suffixed files (`queries.ru.jsonl`), or else a query field (`text_with_name`);

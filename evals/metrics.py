@@ -25,8 +25,10 @@ def score_run(rankings: dict[str, list[str]], qrels: dict[str, set[str]]) -> dic
     ids = [q for q in rankings if qrels.get(q)]
     if not ids:
         return {"recall@5": 0.0, "recall@10": 0.0, "ndcg@10": 0.0, "mrr@10": 0.0, "queries": 0}
+
     def mean(values: Iterable[float]) -> float:
         return round(sum(values) / len(ids), 4)
+
     return {
         "recall@5": mean(recall_at(rankings[q], qrels[q], 5) for q in ids),
         "recall@10": mean(recall_at(rankings[q], qrels[q], 10) for q in ids),

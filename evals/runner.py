@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+
 from assets import stages
 from assets.chunk import Chunker
 from assets.collections import CollectionSpec
@@ -17,12 +19,11 @@ from assets.index import VectorIndex
 from assets.parse import document_kind
 from evals.datasets import EvalSet
 from evals.metrics import dedupe, score_run
-from llama_index.core.postprocessor.types import BaseNodePostprocessor
-
 from query_engine.retrieval import HybridRetriever, to_node
 
 SUFFIX = {"prose": ".md", "code": ".py", "yaml": ".yaml"}
 SYSTEMS = ("bm25", "dense", "hybrid", "hybrid_rerank")
+
 
 @dataclass(frozen=True)
 class BuiltIndex:
@@ -64,7 +65,12 @@ def build_index(evalset: EvalSet, spec: CollectionSpec, embedder: Embedder, inde
 
 
 def run_systems(
-    evalset: EvalSet, built: BuiltIndex, embedder: Embedder, index: VectorIndex, reranker: BaseNodePostprocessor, candidates: int = 100
+    evalset: EvalSet,
+    built: BuiltIndex,
+    embedder: Embedder,
+    index: VectorIndex,
+    reranker: BaseNodePostprocessor,
+    candidates: int = 100,
 ) -> dict[str, dict[str, Any]]:
     """BM25, dense, hybrid and hybrid+rerank on the same index, scored at document level."""
     retrievers = {mode: HybridRetriever(index, embedder, [built.collection], top_k=candidates, candidates=candidates, mode=mode)

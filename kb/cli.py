@@ -109,24 +109,35 @@ def ingest(
         raise typer.Exit(1)
 
 
+def _llm_model_path(platform: Any, llm: Any) -> Path:
+    from kb.models import MODELS, ModelError, provision
+
+    if llm.model not in MODELS:
+        raise typer.BadParameter(f"KB_LLM_MODEL={llm.model!r} is not a packaged model; choose from {', '.join(MODELS)}")
+    try:
+        return provision(MODELS[llm.model], platform.data_dir / "models")
+    except ModelError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
 @app.command()
 def up(
     ingest_samples: Annotated[bool, typer.Option("--ingest/--no-ingest", help="Materialize all collections after start.")] = True,
 ) -> None:
-    """Start the embedded platform (PostgreSQL + pgvector, Dagster webserver and daemon) on loopback."""
+    """Start the platform on loopback: PostgreSQL + pgvector, Dagster webserver and daemon, the LLM server and the API."""
     import dagster as dg
 
     from kb.ingest import ingest_collections
     from kb.platform import Platform
+    from kb.settings import APISettings, LLMSettings
     from pipelines.definitions import build_resources
 
     platform, postgres, index, embedding = _settings()
+    llm, api = LLMSettings(), APISettings()
     runtime = Platform(platform, postgres, index)
-    stopping = False
+    logs = platform.data_dir / "logs"
 
     def _stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _stop)
@@ -134,11 +145,15 @@ def up(
         with console.status("starting PostgreSQL"):
             url = runtime.start_postgres()
         runtime.apply_environment()
+        if llm.backend == "embedded":
+            with console.status(f"provisioning {llm.model}"):
+                model_path = _llm_model_path(platform, llm)
+            llm_url = runtime.start_llm(model_path, llm.model, llm.port, llm.context_window, llm.threads, logs)
+        else:
+            llm_url = llm.base_url or ""
         with console.status("starting the Dagster webserver and daemon"):
-            runtime.start_dagster(platform.data_dir / "logs")
+            runtime.start_dagster(logs)
             runtime.wait_for_webserver()
-        console.print(f"[bold]PostgreSQL[/] {url}")
-        console.print(f"[bold]Dagster UI[/] http://{platform.host}:{platform.dagster_port}")
         if ingest_samples:
             specs = _specs(platform, [], None)
             resources = build_resources(platform, postgres, index, embedding)
@@ -148,6 +163,16 @@ def up(
                 task = progress.add_task("materializing collections", total=len(specs))
                 report = ingest_collections(specs, resources, dg.DagsterInstance.get(), on_done=lambda _: progress.advance(task))
             console.print_json(data=report)
+        with console.status("starting the API"):
+            if llm.backend == "embedded":
+                runtime.wait_for(f"{llm_url}/models", "the LLM server", timeout=300)
+            api_url = runtime.start_api(api.port, logs)
+            runtime.wait_for(f"{api_url}/healthz", "the API", timeout=300)
+        console.print(f"[bold]PostgreSQL[/] {url}")
+        console.print(f"[bold]Dagster UI[/] http://{platform.host}:{platform.dagster_port}")
+        console.print(f"[bold]LLM[/]        {llm_url} ({llm.model})")
+        console.print(f"[bold]API[/]        {api_url}  (OpenAI base URL {api_url}/v1, docs {api_url}/docs)")
+        console.print(f"[bold]Chat page[/]  {api_url}/")
         console.print("[green]platform is up[/]; Ctrl-C stops it")
         while True:
             time.sleep(1)
@@ -155,6 +180,61 @@ def up(
         console.print("stopping")
     finally:
         runtime.stop()
+
+
+@app.command()
+def models(as_json: JsonFlag = False) -> None:
+    """Provision and verify the models: the LLM GGUF (assembled from packages, sha256-checked) and the embedder."""
+    from assets.embed import Embedder
+    from kb.models import MODELS, ModelError, provision
+    from kb.settings import LLMSettings
+
+    platform, _, _, embedding = _settings()
+    report: dict[str, Any] = {}
+    for name, model in MODELS.items():
+        try:
+            path = provision(model, platform.data_dir / "models")
+            report[name] = {"ok": True, "path": str(path), "sha256": model.sha256, "bytes": path.stat().st_size}
+        except ModelError as exc:
+            report[name] = {"ok": False, "error": str(exc)}
+    embedder = Embedder(embedding.model_dir, embedding.pooling, embedding.batch_size, embedding.max_length)
+    vector = embedder.embed_queries(["health check"])[0]
+    report["embedding"] = {"ok": bool(abs(float((vector**2).sum()) - 1) < 1e-3), "path": str(embedding.model_dir),
+                           "dimension": embedder.dimension, "id": embedder.model_id}  # fmt: skip
+    report["default_llm"] = LLMSettings().model
+    _emit(report, as_json)
+    if not report.get(LLMSettings().model, {}).get("ok", True) or not report["embedding"]["ok"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question, in English, Russian or Chinese.")],
+    collection: Annotated[list[str] | None, typer.Option("--collection", "-c", help="Search only these collections.")] = None,
+    api_url: Annotated[str | None, typer.Option(help="Ask a running API instead of answering in this process.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Answer one question with sources and timings: {answer, sources, timings}."""
+    import httpx
+
+    from kb.settings import APISettings
+
+    url = api_url or f"http://{_settings()[0].host}:{APISettings().port}"
+    try:
+        response = httpx.post(f"{url}/v1/query", json={"question": question, "collections": collection}, timeout=300)
+    except httpx.HTTPError as exc:
+        raise typer.BadParameter(f"the API at {url} is not reachable ({exc}); start it with `kb up`") from exc
+    body = response.json()
+    if response.status_code != 200:
+        console.print(f"[red]{body.get('detail', body)}[/]")
+        raise typer.Exit(1)
+    result = {"answer": body["answer"], "sources": body["sources"], "timings": body["timings"]}
+    if as_json:
+        _emit(result, True)
+    else:
+        console.print(body["answer"] or body.get("error"))
+        for source in body["sources"]:
+            console.print(f"  [{source['n']}] {source['collection']}/{source['path']} (score {source['score']})")
 
 
 @webhook_app.command("enqueue")

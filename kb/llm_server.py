@@ -18,7 +18,7 @@ def serve(model: Path, host: str, port: int, alias: str, n_ctx: int, threads: in
 
     params = xlc.CommonParams()
     params.model.path = str(model)
-    params.model_alias = alias
+    params.model_alias = {alias}
     params.hostnames = [host]
     params.port = port
     params.n_ctx = n_ctx

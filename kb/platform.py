@@ -86,21 +86,43 @@ class Platform:
                 subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             )
 
-    def wait_for_webserver(self, timeout: float = 180) -> None:
+    def start_process(self, name: str, command: list[str], log_dir: Path) -> None:
+        """A server process of the platform, logging to `<log_dir>/<name>.log`, stopped with the platform."""
+        log_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **dagster_environment(self.platform, self.postgres)}
+        log = (log_dir / f"{name}.log").open("ab")
+        self._processes.append(subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                                start_new_session=True))  # fmt: skip
+
+    def start_llm(self, model_path: Path, alias: str, port: int, context_window: int, threads: int, log_dir: Path) -> str:
+        """The embedded llama.cpp server (xllamacpp) on loopback; returns its OpenAI base URL."""
+        self.start_process("llm", [sys.executable, "-m", "kb.llm_server", "--model", str(model_path), "--host", self.platform.host,
+                                   "--port", str(port), "--alias", alias, "--ctx", str(context_window), "--threads", str(threads)],
+                           log_dir)  # fmt: skip
+        return f"http://{self.platform.host}:{port}/v1"
+
+    def start_api(self, port: int, log_dir: Path) -> str:
+        self.start_process("api", [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", "--host", self.platform.host,
+                                   "--port", str(port), "--no-access-log"], log_dir)  # fmt: skip
+        return f"http://{self.platform.host}:{port}"
+
+    def wait_for(self, url: str, what: str, timeout: float = 180) -> None:
         import httpx
 
         deadline = time.monotonic() + timeout
-        url = f"http://{self.platform.host}:{self.platform.dagster_port}/server_info"
         while time.monotonic() < deadline:
             if any(p.poll() is not None for p in self._processes):
-                raise RuntimeError("a Dagster process exited during start-up; see the logs under the data directory")
+                raise RuntimeError(f"a platform process exited while waiting for {what}; see the logs under the data directory")
             try:
                 if httpx.get(url, timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(1)
-        raise TimeoutError(f"Dagster webserver did not answer at {url} within {timeout:.0f}s")
+        raise TimeoutError(f"{what} did not answer at {url} within {timeout:.0f}s")
+
+    def wait_for_webserver(self, timeout: float = 180) -> None:
+        self.wait_for(f"http://{self.platform.host}:{self.platform.dagster_port}/server_info", "the Dagster webserver", timeout)
 
     def stop(self) -> None:
         for process in reversed(self._processes):

@@ -69,3 +69,45 @@ class EmbeddingSettings(BaseSettings):
     pooling: str = Field(default="mean", description="'mean' for MiniLM/E5, 'cls' for BGE models.")
     batch_size: int = Field(default=32)
     max_length: int = Field(default=512, description="Tokens per passage the model sees.")
+
+
+class LLMSettings(BaseSettings):
+    """Which LLM answers: the embedded llama.cpp server (default), any OpenAI-compatible server, or Ollama."""
+
+    model_config = SettingsConfigDict(env_prefix="KB_LLM_", extra="ignore")
+
+    backend: str = Field(default="embedded", description="'embedded', 'openai' (vLLM, llama.cpp, any compatible) or 'ollama'.")
+    base_url: str | None = Field(default=None, description="Server URL for 'openai' (…/v1) and 'ollama'.")
+    model: str = Field(default="qwen2.5-coder-1.5b-instruct", description="Model name on the server; embedded: a MODELS key.")
+    api_key: str = Field(default="not-needed", description="For OpenAI-compatible servers that check keys.")
+    port: int = Field(default=8081, description="Port of the embedded llama.cpp server.")
+    context_window: int = Field(default=8192)
+    max_answer_tokens: int = Field(default=512)
+    threads: int = Field(default=2)
+    timeout_s: float = Field(default=120.0)
+
+    @model_validator(mode="after")
+    def _url_for_remote(self) -> Self:
+        if self.backend not in ("embedded", "openai", "ollama"):
+            raise ValueError(f"KB_LLM_BACKEND must be embedded, openai or ollama, not {self.backend!r}")
+        if self.backend != "embedded" and not self.base_url:
+            raise ValueError(f"KB_LLM_BACKEND={self.backend} needs KB_LLM_BASE_URL")
+        return self
+
+
+class APISettings(BaseSettings):
+    """The HTTP API."""
+
+    model_config = SettingsConfigDict(env_prefix="KB_API_", extra="ignore")
+
+    port: int = Field(default=8000)
+    webhook_secret: str = Field(default="change-me-local-only", description="HMAC key of POST /webhooks/{source}.")
+    max_request_bytes: int = Field(default=1_000_000)
+    reranker_model_dir: Path | None = Field(default=None, description="A FlagEmbedding cross-encoder (bge-reranker-v2-m3).")
+    environment: str = Field(default="local", description="'local' allows the default webhook secret; nothing else does.")
+
+    @model_validator(mode="after")
+    def _no_default_secret_outside_local(self) -> Self:
+        if self.environment != "local" and self.webhook_secret == "change-me-local-only":
+            raise ValueError("set KB_API_WEBHOOK_SECRET: the default secret is only allowed with KB_API_ENVIRONMENT=local")
+        return self

@@ -59,7 +59,9 @@ class CrossEncoderReranker(BaseNodePostprocessor):
             return nodes
         pairs = [(query_bundle.query_str, n.node.get_content()) for n in nodes]
         scores = self._model.compute_score(pairs, max_length=self.max_length)  # type: ignore[attr-defined]
-        ranked = sorted(zip(nodes, scores if isinstance(scores, list) else [scores], strict=True), key=lambda p: p[1], reverse=True)
+        ranked = sorted(
+            zip(nodes, scores if isinstance(scores, list) else [scores], strict=True), key=lambda p: p[1], reverse=True
+        )
         return [NodeWithScore(node=n.node, score=float(s)) for n, s in ranked[: self.top_n]]
 
 
@@ -91,8 +93,12 @@ class EvidenceReranker(BaseNodePostprocessor):
     def _postprocess_nodes(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None) -> list[NodeWithScore]:
         if query_bundle is None or not nodes:
             return nodes
-        dense = _min_max({i: m["dense_score"] for i, n in enumerate(nodes) if (m := n.node.metadata).get("dense_score") is not None})
-        sparse = _min_max({i: m["sparse_score"] for i, n in enumerate(nodes) if (m := n.node.metadata).get("sparse_score") is not None})
+        dense = _min_max(
+            {i: m["dense_score"] for i, n in enumerate(nodes) if (m := n.node.metadata).get("dense_score") is not None}
+        )
+        sparse = _min_max(
+            {i: m["sparse_score"] for i, n in enumerate(nodes) if (m := n.node.metadata).get("sparse_score") is not None}
+        )
         query_terms = set(analyze(query_bundle.query_str))
         base = {}
         for i, node in enumerate(nodes):
@@ -106,7 +112,10 @@ class EvidenceReranker(BaseNodePostprocessor):
             by_document[str(node.node.metadata.get("doc_id", node.node.node_id))].append(base[i])
         support = {doc: sorted(scores, reverse=True)[1] if len(scores) > 1 else 0.0 for doc, scores in by_document.items()}
         rescored = [
-            NodeWithScore(node=node.node, score=base[i] + self.document_weight * support[str(node.node.metadata.get("doc_id", node.node.node_id))])
+            NodeWithScore(
+                node=node.node,
+                score=base[i] + self.document_weight * support[str(node.node.metadata.get("doc_id", node.node.node_id))],
+            )
             for i, node in enumerate(nodes)
         ]
         rescored.sort(key=lambda n: n.score or 0.0, reverse=True)

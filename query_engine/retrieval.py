@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -67,6 +68,18 @@ def _single_list(results: dict[str, list[Hit]], attribute: str) -> list[Candidat
     return sorted(candidates, key=lambda c: c.score, reverse=True)
 
 
+class _Clock:
+    def __init__(self, timings: dict[str, float] | None) -> None:
+        self.timings = timings
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        if self.timings is not None:
+            self.timings[name] = round((now - self.last) * 1000, 2)
+        self.last = now
+
+
 class HybridRetriever(BaseRetriever):
     """Dense + sparse search in each selected collection, fused; filters apply to both searches."""
 
@@ -93,21 +106,27 @@ class HybridRetriever(BaseRetriever):
         self.filters = filters
         self.rrf_k = rrf_k
 
-    def search(self, query: str) -> list[Candidate]:
-        """Fused candidates, best first (up to `candidates`), for rerankers that need the ranks."""
+    def search(self, query: str, timings: dict[str, float] | None = None) -> list[Candidate]:
+        """Fused candidates, best first (up to `candidates`); stage times in ms go into `timings`."""
+        clock = _Clock(timings)
         dense: dict[str, list[Hit]] = {}
         sparse: dict[str, list[Hit]] = {}
         if self.mode in ("dense", "hybrid"):
             vector = self.embedder.embed_queries([query])[0]
+            clock.lap("embed_ms")
             dense = {c: self.index.dense_search(c, vector, self.candidates, self.filters) for c in self.collections}
         if self.mode in ("sparse", "hybrid"):
             terms = query_terms(query)
             sparse = {c: self.index.sparse_search(c, terms, self.candidates, self.filters) for c in self.collections}
+        clock.lap("search_ms")
         if self.mode == "dense":
-            return _single_list(dense, "dense")[: self.candidates]
-        if self.mode == "sparse":
-            return _single_list(sparse, "sparse")[: self.candidates]
-        return reciprocal_rank_fusion(dense, sparse, self.rrf_k)[: self.candidates]
+            found = _single_list(dense, "dense")
+        elif self.mode == "sparse":
+            found = _single_list(sparse, "sparse")
+        else:
+            found = reciprocal_rank_fusion(dense, sparse, self.rrf_k)
+        clock.lap("fuse_ms")
+        return found[: self.candidates]
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         return [to_node(c) for c in self.search(query_bundle.query_str)[: self.top_k]]

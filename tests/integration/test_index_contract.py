@@ -78,6 +78,16 @@ def test_stored_hashes_and_vectors_support_incremental_runs(index: VectorIndex, 
     assert np.allclose(stored[batch[0].chunk_hash], batch[0].dense, atol=1e-5)
 
 
+def test_document_chunks_come_back_in_order(index: VectorIndex, embedder) -> None:  # type: ignore[no-untyped-def]
+    first = points(embedder, {"kafka.md": TEXTS["kafka.md"]})[0]
+    second = IndexPoint(
+        chunk_id("contract", "kafka.md", 1), "kafka.md", "v1", 1, "h2", "second part", {}, first.dense, first.sparse
+    )
+    index.write("contract", [second, first], [])
+    assert [h.text for h in index.document_chunks("contract", "kafka.md")] == [first.text, "second part"]
+    assert index.document_chunks("contract", "missing.md") == []
+
+
 def test_a_document_with_disagreeing_chunk_hashes_is_marked_for_rewrite(index: VectorIndex, embedder) -> None:  # type: ignore[no-untyped-def]
     first = points(embedder, {"kafka.md": TEXTS["kafka.md"]}, "v1")[0]
     second = IndexPoint(

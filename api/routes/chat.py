@@ -1,0 +1,134 @@
+"""OpenAI-compatible chat: POST /v1/chat/completions (SSE when stream=true) and GET /v1/models."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import StreamingResponse
+from llama_index.core.llms import ChatMessage, MessageRole
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import StateDep
+from api.metrics import REQUESTS, observe
+from api.schemas import ChatCompletionRequest
+from api.sources import source_dicts
+from api.state import AppState
+from query_engine.engine import Answer, Delta, LLMUnavailable
+from query_engine.memory import summary_prompt
+
+router = APIRouter(tags=["chat"])
+
+
+@router.get("/v1/models")
+def list_models(state: StateDep) -> dict[str, Any]:
+    """Models this API answers with; 'default' is the configured default model."""
+    return {
+        "object": "list",
+        "data": [{"id": name, "object": "model", "created": 0, "owned_by": "kb"} for name in state.model_names],
+    }
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(body: ChatCompletionRequest, state: StateDep) -> dict[str, Any] | StreamingResponse:
+    """Answer the last user message from the knowledge base, with [n] citations and a `sources` field."""
+    if body.model not in state.model_names:
+        raise HTTPException(404, f"unknown model {body.model!r}; available: {', '.join(state.model_names)}")
+    question = next((m.text() for m in reversed(body.messages) if m.role == "user"), "").strip()
+    if not question:
+        raise HTTPException(400, "the conversation has no user message with text")
+    session_id = await run_in_threadpool(_open_session, state, body, question)
+    await run_in_threadpool(state.sessions.add, session_id, "user", question)  # stored before any answer is tried
+    context = await run_in_threadpool(state.sessions.context, session_id, question)
+    stored = [ChatMessage(role=MessageRole(r), content=c) for r, c in context.messages[:-1]]
+    given = [
+        ChatMessage(role=MessageRole(m.role), content=m.text()) for m in body.messages[:-1] if m.role in ("user", "assistant")
+    ]
+    history = stored if body.session_id else given
+    events = state.engine.astream(question, history, context.summary, body.collections, body.filters)
+    try:
+        first = await anext(events)  # retrieval and the LLM's first token happen here, so failures are still a status code
+    except LLMUnavailable as exc:
+        REQUESTS.labels("chat", "llm_unavailable").inc()
+        raise HTTPException(503, f"the language model is unavailable ({exc}); POST /v1/query still returns sources") from exc
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from exc
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    if body.stream:
+        return StreamingResponse(_sse(state, body.model, completion_id, session_id, first, events), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
+    answer = first if isinstance(first, Answer) else None
+    async for event in events:
+        if isinstance(event, Answer):
+            answer = event
+    assert answer is not None
+    sources = await _finish(state, session_id, answer)
+    return {
+        "id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": body.model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
+                  "total_tokens": answer.prompt_tokens + answer.completion_tokens},
+        "sources": sources, "timings": answer.timings, "session_id": session_id,
+    }  # fmt: skip
+
+
+def _open_session(state: AppState, body: ChatCompletionRequest, question: str) -> str:
+    if body.session_id:
+        if not state.sessions.exists(body.session_id):
+            raise HTTPException(404, f"unknown session {body.session_id!r}")
+        return body.session_id
+    return state.sessions.create(body.user or "anonymous", question[:80], state.llm_settings.model)
+
+
+async def _finish(state: AppState, session_id: str, answer: Answer) -> list[dict[str, Any]]:
+    sources = source_dicts(answer.sources)
+    await run_in_threadpool(state.sessions.add, session_id, "assistant", answer.text, sources, answer.prompt_tokens,
+                            answer.completion_tokens)  # fmt: skip
+    observe(answer.timings, sources)
+    REQUESTS.labels("chat", "ok").inc()
+    await _maybe_summarize(state, session_id)
+    return sources
+
+
+async def _maybe_summarize(state: AppState, session_id: str) -> None:
+    """Fold older messages into the session's summary once it passes 30 messages."""
+    pending = await run_in_threadpool(state.sessions.needs_summary, session_id)
+    if not pending or state.engine.llm is None:
+        return
+    chat = await run_in_threadpool(state.sessions.get, session_id)
+    try:
+        reply = await state.engine.llm.acomplete(summary_prompt(chat["summary"] if chat else None, pending))
+    except Exception:  # a failed summary is retried after the next message; the answer already went out
+        return
+    await run_in_threadpool(state.sessions.save_summary, session_id, reply.text.strip(), len(pending))
+
+
+def _chunk(completion_id: str, model: str, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+    payload = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}  # fmt: skip
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+async def _sse(state: AppState, model: str, completion_id: str, session_id: str, first: Delta | Answer,
+               events: AsyncIterator[Delta | Answer]) -> AsyncIterator[str]:  # fmt: skip
+    yield _chunk(completion_id, model, {"role": "assistant", "content": ""})
+    pending: list[Delta | Answer] = [first]
+    try:
+        while True:
+            event = pending.pop() if pending else await anext(events)
+            if isinstance(event, Delta):
+                if event.text:
+                    yield _chunk(completion_id, model, {"content": event.text})
+                continue
+            sources = await _finish(state, session_id, event)
+            yield _chunk(completion_id, model, {}, "stop", sources=sources, timings=event.timings, session_id=session_id)
+            break
+    except StopAsyncIteration:
+        pass
+    except LLMUnavailable as exc:  # the server went away mid-answer: say so in the stream
+        yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'llm_unavailable'}})}\n\n"
+    yield "data: [DONE]\n\n"

@@ -1,0 +1,62 @@
+"""Request and response bodies. Chat follows OpenAI's schema; extras are documented fields."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):  # OpenAI content parts: keep the text parts
+            return "".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
+        return self.content or ""
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's chat completion request; unknown OpenAI fields are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(description="'default' or a name from GET /v1/models.")
+    messages: list[ChatMessageIn] = Field(min_length=1, max_length=200)
+    stream: bool = False
+    user: str | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=4096)
+    session_id: str | None = Field(default=None, description="Extra: continue this stored conversation.")
+    collections: list[str] | None = Field(default=None, description="Extra: search only these collections.")
+    filters: dict[str, str | list[str]] | None = Field(default=None, description="Extra: metadata filters (lang, namespace, …).")
+
+
+class QueryRequest(BaseModel):
+    question: str = Field(min_length=1, max_length=4000)
+    collections: list[str] | None = None
+    filters: dict[str, str | list[str]] | None = None
+    answer: bool = Field(default=True, description="False: sources and timings only, no LLM call.")
+
+
+class Source(BaseModel):
+    n: int
+    collection: str
+    path: str
+    section: str | None
+    score: float
+    cited: bool
+    snippet: str
+    url: str = Field(description="Link to the indexed document in this API.")
+    metadata: dict[str, Any] = {}
+
+
+class QueryResponse(BaseModel):
+    answer: str | None
+    answerable: bool
+    sources: list[Source]
+    timings: dict[str, float]
+    language: str
+    error: str | None = None

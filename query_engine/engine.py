@@ -1,0 +1,256 @@
+"""Answers with sources: hybrid retrieval, reranking, a prompt that fits the context window, an LLM
+that must cite, and a refusal instead of a guess when nothing relevant was found."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from llama_index.core.llms import LLM, ChatMessage, MessageRole
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import NodeWithScore
+
+from assets.embed import Embedder
+from assets.index import Filters, VectorIndex
+from assets.mask import mask_secrets
+from assets.sparse import analyze
+from query_engine.prompts import LANGUAGE_NAMES, NOT_FOUND, SYSTEM_PROMPT, estimate_tokens, question_language
+from query_engine.retrieval import HybridRetriever, to_node
+
+_CITATION = re.compile(r"\[(\d{1,3})\]")
+
+
+@dataclass
+class SourceRef:
+    """A numbered source as the answer cites it: [n] in the text maps to `n` here."""
+
+    n: int
+    collection: str
+    doc_id: str
+    section: str | None
+    score: float
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    cited: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "collection": self.collection, "path": self.doc_id, "section": self.section,
+                "score": round(self.score, 4), "cited": self.cited, "snippet": self.text[:300],
+                "metadata": {k: v for k, v in self.metadata.items() if k not in ("dense_rank", "sparse_rank")}}  # fmt: skip
+
+
+@dataclass
+class Retrieval:
+    sources: list[SourceRef]
+    timings: dict[str, float]
+    answerable: bool
+
+
+@dataclass
+class Answer:
+    text: str
+    sources: list[SourceRef]
+    timings: dict[str, float]
+    language: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class Delta:
+    text: str
+
+
+class LLMUnavailable(RuntimeError):
+    """The LLM server cannot be reached; retrieval still works."""
+
+
+class AnswerEngine:
+    """Retrieval → rerank → prompt → LLM. Stateless per request; conversation memory is passed in."""
+
+    def __init__(
+        self,
+        index: VectorIndex,
+        embedder: Embedder,
+        collections: Sequence[str],
+        reranker: BaseNodePostprocessor,
+        llm: LLM | None,
+        context_window: int = 8192,
+        max_answer_tokens: int = 512,
+        top_n: int = 6,
+        min_dense_score: float = 0.3,
+        min_term_coverage: float = 0.5,
+    ) -> None:
+        self.index = index
+        self.embedder = embedder
+        self.collections = list(collections)
+        self.reranker = reranker
+        self.llm = llm
+        self.context_window = context_window
+        self.max_answer_tokens = max_answer_tokens
+        self.top_n = top_n
+        self.min_dense_score = min_dense_score
+        self.min_term_coverage = min_term_coverage
+
+    def retrieve(self, question: str, collections: Sequence[str] | None = None, filters: Filters | None = None) -> Retrieval:
+        """Sources for a question, best first, with per-stage timings and whether any is relevant enough."""
+        unknown = set(collections or []) - set(self.collections)
+        if unknown:
+            raise ValueError(f"unknown collection(s): {', '.join(sorted(unknown))}")
+        timings: dict[str, float] = {}
+        retriever = HybridRetriever(self.index, self.embedder, list(collections or self.collections), top_k=self.top_n,
+                                    candidates=50, filters=filters)  # fmt: skip
+        candidates = retriever.search(question, timings)
+        started = time.perf_counter()
+        nodes = self.reranker.postprocess_nodes([to_node(c) for c in candidates], query_str=question)[: self.top_n]
+        timings["rerank_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        sources = [_source(n, i + 1) for i, n in enumerate(nodes)]
+        return Retrieval(sources, timings, self._relevant(question, nodes))
+
+    def _relevant(self, question: str, nodes: list[NodeWithScore]) -> bool:
+        """Good enough to answer from: a close dense match, or a chunk holding most of the question's terms."""
+        if not nodes:
+            return False
+        best_dense = max((n.node.metadata.get("dense_score") or 0.0) for n in nodes)
+        if best_dense >= self.min_dense_score:
+            return True
+        terms = set(analyze(question))
+        if not terms:
+            return False
+        coverage = max(len(terms & set(analyze(n.node.get_content()))) / len(terms) for n in nodes)
+        return coverage >= self.min_term_coverage
+
+    def messages(
+        self, question: str, retrieval: Retrieval, history: Sequence[ChatMessage] = (), summary: str | None = None
+    ) -> list[ChatMessage]:
+        """System prompt with as many sources as fit, the conversation, then the question: the whole prompt
+        stays under the context window minus the answer's tokens."""
+        language = question_language(question)
+        budget = self.context_window - self.max_answer_tokens - 64
+        budget -= estimate_tokens(SYSTEM_PROMPT) + estimate_tokens(question) + (estimate_tokens(summary) if summary else 0)
+        kept_history: list[ChatMessage] = []
+        for message in reversed(history):  # newest first, until a third of the budget is spent
+            cost = estimate_tokens(message.content or "") + 4
+            if cost > budget // 3 - sum(estimate_tokens(m.content or "") + 4 for m in kept_history):
+                break
+            kept_history.insert(0, message)
+        budget -= sum(estimate_tokens(m.content or "") + 4 for m in kept_history)
+        blocks = []
+        for source in retrieval.sources:
+            block = _source_block(source)
+            if estimate_tokens(block) > budget:
+                break
+            blocks.append(block)
+            budget -= estimate_tokens(block)
+        system = SYSTEM_PROMPT.format(
+            not_found=NOT_FOUND[language], language=LANGUAGE_NAMES[language], sources="\n\n".join(blocks)
+        )
+        if summary:
+            system += f"\n\nSummary of the earlier conversation:\n{summary}"
+        return [
+            ChatMessage(role=MessageRole.SYSTEM, content=system),
+            *kept_history,
+            ChatMessage(role=MessageRole.USER, content=question),
+        ]
+
+    async def astream(
+        self, question: str, history: Sequence[ChatMessage] = (), summary: str | None = None,
+        collections: Sequence[str] | None = None, filters: Filters | None = None,
+    ) -> AsyncIterator[Delta | Answer]:  # fmt: skip
+        """Text deltas as the LLM writes them, then the final Answer (masked, with citations resolved)."""
+        started = time.perf_counter()
+        # Embedding and index queries are blocking calls: keep them off the event loop.
+        retrieval = await asyncio.to_thread(self.retrieve, question, collections, filters)
+        language = question_language(question)
+        if not retrieval.answerable:
+            text = NOT_FOUND[language]
+            yield Delta(text)
+            yield Answer(text, [], {**retrieval.timings, "total_ms": _ms(started)}, language)
+            return
+        if self.llm is None:
+            raise LLMUnavailable("no LLM is configured")
+        messages = self.messages(question, retrieval, history, summary)
+        parts: list[str] = []
+        first_token: float | None = None
+        try:
+            stream = await self.llm.astream_chat(messages)
+            async for chunk in stream:
+                delta = chunk.delta or ""
+                if delta and first_token is None:
+                    first_token = _ms(started)
+                parts.append(delta)
+                yield Delta(mask_secrets(delta).text)
+        except Exception as exc:  # the client library raises its own connection errors
+            if _is_connection_error(exc):
+                raise LLMUnavailable(f"the LLM server is not reachable: {exc}") from exc
+            raise
+        text = attribute_citations(mask_secrets("".join(parts)).text, retrieval.sources)
+        sources = _mark_cited(text, retrieval.sources)
+        timings = {**retrieval.timings, "llm_first_token_ms": first_token or _ms(started), "total_ms": _ms(started)}
+        prompt_tokens = sum(estimate_tokens(m.content or "") for m in messages)
+        yield Answer(text, sources, timings, language, prompt_tokens, estimate_tokens(text))
+
+    async def answer(self, question: str, history: Sequence[ChatMessage] = (), summary: str | None = None,
+                     collections: Sequence[str] | None = None, filters: Filters | None = None) -> Answer:  # fmt: skip
+        final: Answer | None = None
+        async for event in self.astream(question, history, summary, collections, filters):
+            if isinstance(event, Answer):
+                final = event
+        assert final is not None
+        return final
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
+
+
+def _source(node: NodeWithScore, n: int) -> SourceRef:
+    meta = dict(node.node.metadata)
+    return SourceRef(n, str(meta.pop("collection", "")), str(meta.pop("doc_id", "")), meta.get("section") or meta.get("symbol"),
+                     float(node.score or 0.0), node.node.get_content(), meta)  # fmt: skip
+
+
+def _source_block(source: SourceRef) -> str:
+    where = f"{source.collection}/{source.doc_id}" + (f" § {source.section}" if source.section else "")
+    return f"[{source.n}] {where}\n{source.text}"
+
+
+_SENTENCE = re.compile(r"(?<=[.!?。！？])\s+|\n+")
+
+
+def attribute_citations(text: str, sources: list[SourceRef], min_overlap: float = 0.3) -> str:
+    """Small models often drop the [n] markers. A sentence without one gets the marker of the source that
+    shares most of its terms, when that source holds at least `min_overlap` of them; others stay unmarked."""
+    if not sources or _CITATION.search(text) and all(_CITATION.search(s) for s in _SENTENCE.split(text) if len(s) > 40):
+        return text
+    source_terms = [set(analyze(s.text)) for s in sources]
+    out = []
+    for sentence in re.split(r"(?<=[.!?。！？])(\s+)", text):
+        terms = set(analyze(sentence))
+        if len(sentence.strip()) > 20 and terms and not _CITATION.search(sentence):
+            best = max(range(len(sources)), key=lambda i: len(terms & source_terms[i]))
+            if len(terms & source_terms[best]) / len(terms) >= min_overlap:
+                stripped = sentence.rstrip()
+                sentence = f"{stripped} [{sources[best].n}]" + sentence[len(stripped) :]
+        out.append(sentence)
+    return "".join(out)
+
+
+def _mark_cited(text: str, sources: list[SourceRef]) -> list[SourceRef]:
+    cited = {int(n) for n in _CITATION.findall(text)}
+    for source in sources:
+        source.cited = source.n in cited
+    return sources
+
+
+def _is_connection_error(exc: Exception) -> bool:
+    import httpx
+
+    names = {type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e is not None}
+    return bool(names & {"APIConnectionError", "ConnectError", "ConnectionError", "ConnectTimeout"}) or isinstance(
+        exc, httpx.ConnectError
+    )
