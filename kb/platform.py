@@ -76,10 +76,17 @@ class Platform:
         bin_dir = Path(sys.executable).parent
         env = {**os.environ, **dagster_environment(self.platform, self.postgres)}
         commands = {
-            "webserver": [str(bin_dir / "dagster-webserver"), "-h", self.platform.host, "-p", str(self.platform.dagster_port),
-                          "-w", str(PROJECT_ROOT / "workspace.yaml")],
+            "webserver": [
+                str(bin_dir / "dagster-webserver"),
+                "-h",
+                self.platform.host,
+                "-p",
+                str(self.platform.dagster_port),
+                "-w",
+                str(PROJECT_ROOT / "workspace.yaml"),
+            ],
             "daemon": [str(bin_dir / "dagster-daemon"), "run", "-w", str(PROJECT_ROOT / "workspace.yaml")],
-        }  # fmt: skip
+        }
         for name, command in commands.items():
             log = (log_dir / f"dagster-{name}.log").open("ab")
             self._processes.append(
@@ -91,19 +98,52 @@ class Platform:
         log_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **dagster_environment(self.platform, self.postgres)}
         log = (log_dir / f"{name}.log").open("ab")
-        self._processes.append(subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                                start_new_session=True))  # fmt: skip
+        self._processes.append(
+            subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        )
 
     def start_llm(self, model_path: Path, alias: str, port: int, context_window: int, threads: int, log_dir: Path) -> str:
         """The embedded llama.cpp server (xllamacpp) on loopback; returns its OpenAI base URL."""
-        self.start_process("llm", [sys.executable, "-m", "kb.llm_server", "--model", str(model_path), "--host", self.platform.host,
-                                   "--port", str(port), "--alias", alias, "--ctx", str(context_window), "--threads", str(threads)],
-                           log_dir)  # fmt: skip
+        self.start_process(
+            "llm",
+            [
+                sys.executable,
+                "-m",
+                "kb.llm_server",
+                "--model",
+                str(model_path),
+                "--host",
+                self.platform.host,
+                "--port",
+                str(port),
+                "--alias",
+                alias,
+                "--ctx",
+                str(context_window),
+                "--threads",
+                str(threads),
+            ],
+            log_dir,
+        )
         return f"http://{self.platform.host}:{port}/v1"
 
     def start_api(self, port: int, log_dir: Path) -> str:
-        self.start_process("api", [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", "--host", self.platform.host,
-                                   "--port", str(port), "--no-access-log"], log_dir)  # fmt: skip
+        self.start_process(
+            "api",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "api.main:create_app",
+                "--host",
+                self.platform.host,
+                "--port",
+                str(port),
+                "--no-access-log",
+            ],
+            log_dir,
+        )
         return f"http://{self.platform.host}:{port}"
 
     def wait_for(self, url: str, what: str, timeout: float = 180) -> None:

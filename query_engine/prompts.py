@@ -12,7 +12,8 @@ NOT_FOUND = {
     "zh": "我在知识库中没有找到这个问题的答案。",
 }
 
-SYSTEM_PROMPT = """You are the knowledge assistant of an engineering team. Answer the question using only the numbered sources below.
+SYSTEM_PROMPT = """You are the knowledge assistant of an engineering team.
+Answer the question using only the numbered sources below.
 Rules:
 - Cite every statement with the number of its source in square brackets, like [1] or [2][3].
 - If the sources do not answer the question, reply exactly: "{not_found}"

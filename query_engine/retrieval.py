@@ -50,11 +50,17 @@ def reciprocal_rank_fusion(
             )
     scored = [
         Candidate(
-            c.collection, c.hit, c.dense_rank, c.sparse_rank, c.dense_score, c.sparse_score,
-            score=(1 / (k + c.dense_rank) if c.dense_rank else 0.0) + (sparse_weight / (k + c.sparse_rank) if c.sparse_rank else 0.0),
+            c.collection,
+            c.hit,
+            c.dense_rank,
+            c.sparse_rank,
+            c.dense_score,
+            c.sparse_score,
+            score=(1 / (k + c.dense_rank) if c.dense_rank else 0.0)
+            + (sparse_weight / (k + c.sparse_rank) if c.sparse_rank else 0.0),
         )
         for c in merged.values()
-    ]  # fmt: skip
+    ]
     return sorted(scored, key=lambda c: c.score, reverse=True)
 
 
@@ -134,7 +140,13 @@ class HybridRetriever(BaseRetriever):
 
 def to_node(candidate: Candidate) -> NodeWithScore:
     hit = candidate.hit
-    metadata = {**hit.metadata, "collection": candidate.collection, "doc_id": hit.doc_id,
-                "dense_rank": candidate.dense_rank, "sparse_rank": candidate.sparse_rank,
-                "dense_score": candidate.dense_score, "sparse_score": candidate.sparse_score}  # fmt: skip
+    metadata = {
+        **hit.metadata,
+        "collection": candidate.collection,
+        "doc_id": hit.doc_id,
+        "dense_rank": candidate.dense_rank,
+        "sparse_rank": candidate.sparse_rank,
+        "dense_score": candidate.dense_score,
+        "sparse_score": candidate.sparse_score,
+    }
     return NodeWithScore(node=TextNode(id_=hit.chunk_id, text=hit.text, metadata=metadata), score=candidate.score)

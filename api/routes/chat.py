@@ -59,8 +59,11 @@ async def chat_completions(body: ChatCompletionRequest, state: StateDep) -> dict
         raise HTTPException(400, str(exc)) from exc
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     if body.stream:
-        return StreamingResponse(_sse(state, body.model, completion_id, session_id, first, events), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
+        return StreamingResponse(
+            _sse(state, body.model, completion_id, session_id, first, events),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
     answer = first if isinstance(first, Answer) else None
     async for event in events:
         if isinstance(event, Answer):
@@ -68,12 +71,20 @@ async def chat_completions(body: ChatCompletionRequest, state: StateDep) -> dict
     assert answer is not None
     sources = await _finish(state, session_id, answer)
     return {
-        "id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": body.model,
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
-                  "total_tokens": answer.prompt_tokens + answer.completion_tokens},
-        "sources": sources, "timings": answer.timings, "session_id": session_id,
-    }  # fmt: skip
+        "usage": {
+            "prompt_tokens": answer.prompt_tokens,
+            "completion_tokens": answer.completion_tokens,
+            "total_tokens": answer.prompt_tokens + answer.completion_tokens,
+        },
+        "sources": sources,
+        "timings": answer.timings,
+        "session_id": session_id,
+    }
 
 
 def _open_session(state: AppState, body: ChatCompletionRequest, question: str) -> str:
@@ -86,8 +97,9 @@ def _open_session(state: AppState, body: ChatCompletionRequest, question: str) -
 
 async def _finish(state: AppState, session_id: str, answer: Answer) -> list[dict[str, Any]]:
     sources = source_dicts(answer.sources)
-    await run_in_threadpool(state.sessions.add, session_id, "assistant", answer.text, sources, answer.prompt_tokens,
-                            answer.completion_tokens)  # fmt: skip
+    await run_in_threadpool(
+        state.sessions.add, session_id, "assistant", answer.text, sources, answer.prompt_tokens, answer.completion_tokens
+    )
     observe(answer.timings, sources)
     REQUESTS.labels("chat", "ok").inc()
     await _maybe_summarize(state, session_id)
@@ -108,13 +120,20 @@ async def _maybe_summarize(state: AppState, session_id: str) -> None:
 
 
 def _chunk(completion_id: str, model: str, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-    payload = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}  # fmt: skip
+    payload = {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        **extra,
+    }
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-async def _sse(state: AppState, model: str, completion_id: str, session_id: str, first: Delta | Answer,
-               events: AsyncIterator[Delta | Answer]) -> AsyncIterator[str]:  # fmt: skip
+async def _sse(
+    state: AppState, model: str, completion_id: str, session_id: str, first: Delta | Answer, events: AsyncIterator[Delta | Answer]
+) -> AsyncIterator[str]:
     yield _chunk(completion_id, model, {"role": "assistant", "content": ""})
     pending: list[Delta | Answer] = [first]
     try:

@@ -24,23 +24,35 @@ async def query(body: QueryRequest, state: StateDep) -> QueryResponse:
         except LLMUnavailable as exc:
             REQUESTS.labels("query", "llm_unavailable").inc()
             retrieval = await run_in_threadpool(state.engine.retrieve, body.question, body.collections, body.filters)
-            return QueryResponse(answer=None, answerable=retrieval.answerable, sources=source_dicts(retrieval.sources),
-                                 timings=retrieval.timings, language=question_language(body.question), error=str(exc))  # fmt: skip
+            return QueryResponse(
+                answer=None,
+                answerable=retrieval.answerable,
+                sources=source_dicts(retrieval.sources),
+                timings=retrieval.timings,
+                language=question_language(body.question),
+                error=str(exc),
+            )
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from exc
         sources = source_dicts(answer.sources)
         observe(answer.timings, sources)
         REQUESTS.labels("query", "ok").inc()
-        return QueryResponse(answer=answer.text, answerable=bool(answer.sources), sources=sources, timings=answer.timings,
-                             language=answer.language)  # fmt: skip
+        return QueryResponse(
+            answer=answer.text, answerable=bool(answer.sources), sources=sources, timings=answer.timings, language=answer.language
+        )
     try:
         retrieval = await run_in_threadpool(state.engine.retrieve, body.question, body.collections, body.filters)
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from exc
     observe(retrieval.timings)
     REQUESTS.labels("query", "retrieval_only").inc()
-    return QueryResponse(answer=None, answerable=retrieval.answerable, sources=source_dicts(retrieval.sources),
-                         timings=retrieval.timings, language=question_language(body.question))  # fmt: skip
+    return QueryResponse(
+        answer=None,
+        answerable=retrieval.answerable,
+        sources=source_dicts(retrieval.sources),
+        timings=retrieval.timings,
+        language=question_language(body.question),
+    )
 
 
 @router.get("/v1/documents/{collection}/{path:path}")
