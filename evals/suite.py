@@ -45,7 +45,7 @@ def evaluate_retrieval(
         with console.status(f"ingesting {len(evalset.corpus)} documents of {evalset.label} with {name} chunking"):
             built = build_index(evalset, specs[name], embedder, index)
         with console.status(f"running {len(evalset.queries)} queries"):
-            systems = run_systems(evalset, built, embedder, index, default_reranker())
+            systems = run_systems(evalset, built, embedder, index, default_reranker(), dense_languages=embedding.languages)
     finally:
         index.close()
         shutil.rmtree(scratch, ignore_errors=True)

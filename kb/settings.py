@@ -69,6 +69,7 @@ class EmbeddingSettings(BaseSettings):
     pooling: str = Field(default="mean", description="'mean' for MiniLM/E5, 'cls' for BGE models.")
     batch_size: int = Field(default=32)
     max_length: int = Field(default=512, description="Tokens per passage the model sees.")
+    languages: list[str] = Field(default=["en"], description="Query languages the model embeds well; others use BM25 alone.")
 
 
 class LLMSettings(BaseSettings):

@@ -84,6 +84,7 @@ class AnswerEngine:
         top_n: int = 6,
         min_dense_score: float = 0.3,
         min_term_coverage: float = 0.5,
+        dense_languages: Sequence[str] | None = None,
     ) -> None:
         self.index = index
         self.embedder = embedder
@@ -95,6 +96,7 @@ class AnswerEngine:
         self.top_n = top_n
         self.min_dense_score = min_dense_score
         self.min_term_coverage = min_term_coverage
+        self.dense_languages = dense_languages
 
     def retrieve(self, question: str, collections: Sequence[str] | None = None, filters: Filters | None = None) -> Retrieval:
         """Sources for a question, best first, with per-stage timings and whether any is relevant enough."""
@@ -103,7 +105,7 @@ class AnswerEngine:
             raise ValueError(f"unknown collection(s): {', '.join(sorted(unknown))}")
         timings: dict[str, float] = {}
         retriever = HybridRetriever(self.index, self.embedder, list(collections or self.collections), top_k=self.top_n,
-                                    candidates=50, filters=filters)  # fmt: skip
+                                    candidates=50, filters=filters, dense_languages=self.dense_languages)  # fmt: skip
         candidates = retriever.search(question, timings)
         started = time.perf_counter()
         nodes = self.reranker.postprocess_nodes([to_node(c) for c in candidates], query_str=question)[: self.top_n]

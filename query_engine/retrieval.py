@@ -12,6 +12,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
 from assets.embed import Embedder
 from assets.index import Filters, Hit, VectorIndex
+from assets.parse import detect_language
 from assets.sparse import query_terms
 
 Mode = Literal["dense", "sparse", "hybrid"]
@@ -99,6 +100,7 @@ class HybridRetriever(BaseRetriever):
         mode: Mode = "hybrid",
         filters: Filters | None = None,
         rrf_k: int = 60,
+        dense_languages: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         if not collections:
@@ -111,23 +113,30 @@ class HybridRetriever(BaseRetriever):
         self.mode = mode
         self.filters = filters
         self.rrf_k = rrf_k
+        self.dense_languages = set(dense_languages) if dense_languages else None
 
     def search(self, query: str, timings: dict[str, float] | None = None) -> list[Candidate]:
         """Fused candidates, best first (up to `candidates`); stage times in ms go into `timings`."""
         clock = _Clock(timings)
         dense: dict[str, list[Hit]] = {}
         sparse: dict[str, list[Hit]] = {}
-        if self.mode in ("dense", "hybrid"):
+        # An embedding model that does not know the question's language returns noise that drowns the
+        # lexical match in fusion (measured: xquad ru nDCG@10 0.96 BM25 alone, 0.42 fused with English-only
+        # MiniLM); hybrid then relies on BM25 alone.
+        mode = self.mode
+        if mode == "hybrid" and self.dense_languages is not None and detect_language(query) not in self.dense_languages:
+            mode = "sparse"
+        if mode in ("dense", "hybrid"):
             vector = self.embedder.embed_queries([query])[0]
             clock.lap("embed_ms")
             dense = {c: self.index.dense_search(c, vector, self.candidates, self.filters) for c in self.collections}
-        if self.mode in ("sparse", "hybrid"):
+        if mode in ("sparse", "hybrid"):
             terms = query_terms(query)
             sparse = {c: self.index.sparse_search(c, terms, self.candidates, self.filters) for c in self.collections}
         clock.lap("search_ms")
-        if self.mode == "dense":
+        if mode == "dense":
             found = _single_list(dense, "dense")
-        elif self.mode == "sparse":
+        elif mode == "sparse":
             found = _single_list(sparse, "sparse")
         else:
             found = reciprocal_rank_fusion(dense, sparse, self.rrf_k)

@@ -74,3 +74,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
             process.wait(timeout=120)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
+            raise
+    # Ctrl-C stops everything it started, PostgreSQL included.
+    assert "stopping" in log.read_text(errors="replace")
+    assert not (root / "data" / "postgres" / "postmaster.pid").exists()

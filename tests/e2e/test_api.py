@@ -1,0 +1,193 @@
+"""The running platform over HTTP, as chat clients use it: the openai SDK, plain HTTP and a browser."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import httpx
+import openai
+import pytest
+
+from api.security import sign
+from query_engine.memory import SessionStore
+from tests.e2e.conftest import WEBHOOK_SECRET, RunningPlatform
+
+pytestmark = pytest.mark.e2e
+QUESTION = "How do I roll back a bad gateway-core deploy?"
+
+
+def client(platform: RunningPlatform) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{platform.api}/v1", api_key="unused", timeout=300)
+
+
+def assert_cited(text: str, sources: list[dict]) -> None:  # type: ignore[type-arg]
+    markers = {int(n) for n in re.findall(r"\[(\d+)\]", text)}
+    assert markers, text
+    assert markers <= {s["n"] for s in sources}
+    assert any(s["cited"] for s in sources)
+
+
+def test_openai_sdk_gets_a_cited_answer_with_sources(platform: RunningPlatform) -> None:
+    response = client(platform).chat.completions.create(model="default", messages=[{"role": "user", "content": QUESTION}])
+    text = response.choices[0].message.content or ""
+    sources = response.model_extra["sources"]
+    assert "gateway-high-error-rate.md" in {s["path"] for s in sources}
+    assert_cited(text, sources)
+    assert "rollout undo" in text or "roll back" in text.lower()
+
+
+def test_openai_sdk_streams_the_answer_and_ends_with_sources(platform: RunningPlatform) -> None:
+    stream = client(platform).chat.completions.create(
+        model="default",
+        stream=True,
+        messages=[{"role": "user", "content": "What is the retention of the payments.events topic?"}],
+    )
+    parts, last = [], None
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            parts.append(chunk.choices[0].delta.content)
+        last = chunk
+    assert len(parts) > 3  # streamed in pieces, not one block
+    assert last is not None and last.choices[0].finish_reason == "stop"
+    sources = last.model_extra["sources"]
+    assert {"kafka-topic-payments-events.yaml", "adr-0007-kafka-for-payment-events.md"} & {s["path"] for s in sources}
+    assert_cited("".join(parts), sources)
+
+
+def test_query_api_returns_answer_sources_and_stage_timings(platform: RunningPlatform) -> None:
+    body = httpx.post(f"{platform.api}/v1/query", json={"question": "Which namespace runs fraud-scoring?"}, timeout=300).json()
+    assert body["answer"] and body["sources"]
+    assert {"embed_ms", "search_ms", "fuse_ms", "rerank_ms", "llm_first_token_ms", "total_ms"} <= set(body["timings"])
+    top = body["sources"][0]
+    assert top["url"].startswith("/v1/documents/")
+    document = httpx.get(f"{platform.api}{top['url']}", timeout=30)
+    assert document.status_code == 200 and document.json()["chunks"]
+
+
+def test_a_question_the_knowledge_base_cannot_answer_gets_a_refusal(platform: RunningPlatform) -> None:
+    body = httpx.post(
+        f"{platform.api}/v1/query", json={"question": "Who won the 1998 football world cup final?"}, timeout=300
+    ).json()
+    assert body["answerable"] is False
+    assert body["answer"] == "I could not find this in the knowledge base."
+
+
+def test_bad_requests_get_4xx_with_a_message(platform: RunningPlatform) -> None:
+    api = platform.api
+    with pytest.raises(openai.NotFoundError, match="unknown model"):
+        client(platform).chat.completions.create(model="gpt-nope", messages=[{"role": "user", "content": "hi"}])
+    malformed = httpx.post(f"{api}/v1/chat/completions", json={"model": "default", "messages": "not a list"})
+    assert malformed.status_code == 422 and "messages" in malformed.json()["error"]["message"]
+    oversized = httpx.post(
+        f"{api}/v1/query", content=b"{" + b" " * 2_000_000 + b"}", headers={"content-type": "application/json"}
+    )
+    assert oversized.status_code == 413
+    unknown = httpx.post(
+        f"{api}/v1/chat/completions",
+        json={"model": "default", "session_id": "nope", "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert unknown.status_code == 404 and "session" in unknown.json()["error"]["message"]
+    assert httpx.get(f"{api}/v1/sessions/does-not-exist").status_code == 404
+
+
+def test_sessions_are_stored_searchable_and_exportable(platform: RunningPlatform) -> None:
+    first = client(platform).chat.completions.create(
+        model="default", user="alice", messages=[{"role": "user", "content": QUESTION}]
+    )
+    session_id = first.model_extra["session_id"]
+    chat = httpx.get(f"{platform.api}/v1/sessions/{session_id}").json()
+    assert [m["role"] for m in chat["messages"]] == ["user", "assistant"] and chat["user"] == "alice"
+    found = httpx.get(f"{platform.api}/v1/sessions/search", params={"q": "gateway-core deploy"}).json()["data"]
+    assert session_id in {row["session_id"] for row in found}
+    markdown = httpx.get(f"{platform.api}/v1/sessions/{session_id}/export", params={"format": "md"}).text
+    assert QUESTION in markdown and "gateway-high-error-rate.md" in markdown
+    exported = json.loads(httpx.get(f"{platform.api}/v1/sessions/{session_id}/export", params={"format": "json"}).text)
+    assert exported["id"] == session_id
+    assert httpx.delete(f"{platform.api}/v1/sessions/{session_id}").status_code == 204
+    assert httpx.get(f"{platform.api}/v1/sessions/{session_id}").status_code == 404
+
+
+def test_a_long_session_keeps_a_summary_and_stays_in_the_context_window(platform: RunningPlatform) -> None:
+    store = SessionStore(platform.database_url)
+    session_id = store.create("bob", "long conversation", "qwen2.5-coder-0.5b-instruct")
+    for i in range(17):
+        store.add(session_id, "user", f"Question {i}: what does the runbook say about step {i} of the Kafka lag procedure? " * 3)
+        store.add(session_id, "assistant", f"Answer {i}: scale the consumer and check the group lag [1]. " * 4)
+    response = client(platform).chat.completions.create(
+        model="default",
+        extra_body={"session_id": session_id},
+        messages=[{"role": "user", "content": "How do I reset consumer offsets?"}],
+    )
+    assert response.choices[0].message.content
+    chat = httpx.get(f"{platform.api}/v1/sessions/{session_id}").json()
+    assert len(chat["messages"]) == 36
+    assert chat["summary"], "a session past 30 messages keeps a summary"
+    assert response.usage.prompt_tokens <= 4096 - 256  # the prompt left room for the answer in the 4096-token window
+
+
+def _events(platform: RunningPlatform) -> int:
+    import psycopg
+
+    with psycopg.connect(platform.database_url) as conn:
+        row = conn.execute("SELECT count(*) FROM kb_webhook_events").fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_webhook_with_a_bad_signature_is_refused_and_queues_nothing(platform: RunningPlatform) -> None:
+    body = json.dumps({"paths": ["x.md"]}).encode()
+    before = _events(platform)
+    response = httpx.post(f"{platform.api}/webhooks/incident", content=body, headers={"X-KB-Signature": "sha256=" + "0" * 64})
+    assert response.status_code == 401
+    assert httpx.post(f"{platform.api}/webhooks/incident", content=body).status_code == 401
+    assert _events(platform) == before
+
+
+def test_signed_webhook_makes_a_changed_document_answerable(platform: RunningPlatform) -> None:
+    runbook = platform.knowledge_base / "runbooks" / "zebra-cache-flush.md"
+    runbook.write_text("---\nsystem: zebra-cache\n---\n# Runbook: Flush the zebra cache\n\n"
+                       "Run `zebractl purge --all --region eu-west` to flush the zebra cache, then wait for warm-up.\n")  # fmt: skip
+    question = {"question": "How do I flush the zebra cache?", "answer": False, "collections": ["runbooks"]}
+    assert "zebra-cache-flush.md" not in {
+        s["path"] for s in httpx.post(f"{platform.api}/v1/query", json=question).json()["sources"]
+    }
+    body = json.dumps({"collection": "runbooks", "paths": ["zebra-cache-flush.md"]}).encode()
+    response = httpx.post(
+        f"{platform.api}/webhooks/incident", content=body, headers={"X-KB-Signature": sign(body, WEBHOOK_SECRET)}
+    )
+    assert response.status_code == 202 and response.json()["queued"]["runbooks"]["documents"] == ["zebra-cache-flush.md"]
+    deadline = time.monotonic() + 300  # the sensor picks the event up and the daemon runs the reindex
+    while time.monotonic() < deadline:
+        sources = httpx.post(f"{platform.api}/v1/query", json=question, timeout=60).json()["sources"]
+        if sources and sources[0]["path"] == "zebra-cache-flush.md":
+            break
+        time.sleep(5)
+    else:
+        pytest.fail("the webhook's document never became retrievable")
+
+
+def test_health_readiness_and_metrics(platform: RunningPlatform) -> None:
+    assert httpx.get(f"{platform.api}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{platform.api}/readyz", timeout=30).json()
+    assert ready["checks"] == {"postgres": "ok", "index": "ok", "llm": "ok"}
+    metrics = httpx.get(f"{platform.api}/metrics").text
+    assert 'kb_stage_duration_ms_bucket{le="100.0",stage="search"}' in metrics
+
+
+def test_web_page_streams_an_answer_with_source_links(platform: RunningPlatform) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])  # fmt: skip
+        page = browser.new_page()
+        page.goto(platform.api + "/")
+        page.fill("#question", QUESTION)
+        page.click("#send")
+        page.wait_for_selector(".a[data-done='true']", timeout=300_000)
+        answer = page.inner_text(".a")
+        links = page.eval_on_selector_all("ol.sources a", "els => els.map(e => e.getAttribute('href'))")
+        browser.close()
+    assert answer.strip()
+    assert "/v1/documents/runbooks/gateway-high-error-rate.md" in links
