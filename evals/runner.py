@@ -71,6 +71,7 @@ def run_systems(
     index: VectorIndex,
     reranker: BaseNodePostprocessor,
     candidates: int = 100,
+    dense_languages: list[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """BM25, dense, hybrid and hybrid+rerank on the same index, scored at document level."""
     # Only hybrid is language-gated: the bm25 and dense rows stay the plain baselines.
