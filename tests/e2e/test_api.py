@@ -146,8 +146,10 @@ def test_webhook_with_a_bad_signature_is_refused_and_queues_nothing(platform: Ru
 
 def test_signed_webhook_makes_a_changed_document_answerable(platform: RunningPlatform) -> None:
     runbook = platform.knowledge_base / "runbooks" / "zebra-cache-flush.md"
-    runbook.write_text("---\nsystem: zebra-cache\n---\n# Runbook: Flush the zebra cache\n\n"
-                       "Run `zebractl purge --all --region eu-west` to flush the zebra cache, then wait for warm-up.\n")  # fmt: skip
+    runbook.write_text(
+        "---\nsystem: zebra-cache\n---\n# Runbook: Flush the zebra cache\n\n"
+        "Run `zebractl purge --all --region eu-west` to flush the zebra cache, then wait for warm-up.\n"
+    )
     question = {"question": "How do I flush the zebra cache?", "answer": False, "collections": ["runbooks"]}
     assert "zebra-cache-flush.md" not in {
         s["path"] for s in httpx.post(f"{platform.api}/v1/query", json=question).json()["sources"]
@@ -179,8 +181,11 @@ def test_web_page_streams_an_answer_with_source_links(platform: RunningPlatform)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])  # fmt: skip
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"],
+        )
         page = browser.new_page()
         page.goto(platform.api + "/")
         page.fill("#question", QUESTION)

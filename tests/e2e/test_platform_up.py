@@ -19,6 +19,9 @@ def test_dagster_shows_five_materialized_asset_groups_with_checks(platform: Runn
     assert groups == dict.fromkeys(("technical_docs", "code_snippets", "incidents", "k8s_configs", "runbooks"), 6)
     assert all(n["assetMaterializations"] for n in nodes)
     assert sum(n["hasAssetChecks"] for n in nodes) == 20
-    daemons = httpx.post(f"{platform.dagster}/graphql", json={"query": "{ instance { daemonHealth { allDaemonStatuses { daemonType healthy } } } }"},
-                         timeout=30).json()["data"]["instance"]["daemonHealth"]["allDaemonStatuses"]  # fmt: skip
+    daemons = httpx.post(
+        f"{platform.dagster}/graphql",
+        json={"query": "{ instance { daemonHealth { allDaemonStatuses { daemonType healthy } } } }"},
+        timeout=30,
+    ).json()["data"]["instance"]["daemonHealth"]["allDaemonStatuses"]
     assert {d["daemonType"] for d in daemons if d["healthy"]} >= {"SENSOR", "SCHEDULER", "QUEUED_RUN_COORDINATOR"}
