@@ -4,19 +4,24 @@ UV := python3 -m uv
 export HF_HUB_OFFLINE := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup up test test-fast lint bench
+.PHONY: setup browser up test test-fast lint bench eval
 
+# All extras: the 1.5B model parts (`kb up`) and the 0.5B ones (tests); uv sync is exact, so one set for both.
 .venv/.synced: pyproject.toml uv.lock
 	python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
-	$(UV) sync --frozen
+	$(UV) sync --frozen --all-extras
 	touch $@
 
 setup: .venv/.synced
 
+# Debian's Chromium for the web page test (no browser download at test time).
+browser:
+	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
 up: setup
 	$(UV) run --frozen kb up
 
-test: setup
+test: setup browser
 	$(UV) run --frozen pytest
 
 test-fast: setup
@@ -28,3 +33,6 @@ lint: setup
 
 bench: setup
 	$(UV) run --frozen kb bench ingest --json
+
+eval: setup
+	$(UV) run --frozen kb eval retrieval --dataset ../shared/evalsets/prom_runbooks --json
