@@ -178,19 +178,26 @@ class AnswerEngine:
         messages = self.messages(question, retrieval, history, summary)
         parts: list[str] = []
         first_token: float | None = None
+        citations = CitationStream(retrieval.sources)
         try:
             stream = await self.llm.astream_chat(messages)
             async for chunk in stream:
                 delta = chunk.delta or ""
                 if delta and first_token is None:
                     first_token = _ms(started)
-                parts.append(delta)
-                yield Delta(mask_secrets(delta).text)
+                emitted = mask_secrets(citations.feed(delta)).text
+                parts.append(emitted)
+                if emitted:
+                    yield Delta(emitted)
         except Exception as exc:  # the client library raises its own connection errors
             if _is_connection_error(exc):
                 raise LLMUnavailable(f"the LLM server is not reachable: {exc}") from exc
             raise
-        text = attribute_citations(mask_secrets("".join(parts)).text, retrieval.sources)
+        tail = mask_secrets(citations.feed("", final=True)).text
+        if tail:
+            parts.append(tail)
+            yield Delta(tail)
+        text = "".join(parts)
         sources = _mark_cited(text, retrieval.sources)
         timings = {**retrieval.timings, "llm_first_token_ms": first_token or _ms(started), "total_ms": _ms(started)}
         prompt_tokens = sum(estimate_tokens(m.content or "") for m in messages)
@@ -221,25 +228,55 @@ def _source_block(source: SourceRef) -> str:
     return f"[{source.n}] {where}\n{source.text}"
 
 
-_SENTENCE = re.compile(r"(?<=[.!?。！？])\s+|\n+")
+_BOUNDARY = re.compile(r"[.!?]|[。！？\n]")
 
 
-def attribute_citations(text: str, sources: list[SourceRef], min_overlap: float = 0.3) -> str:
-    """Small models often drop the [n] markers. A sentence without one gets the marker of the source that
-    shares most of its terms, when that source holds at least `min_overlap` of them; others stay unmarked."""
-    if not sources or _CITATION.search(text) and all(_CITATION.search(s) for s in _SENTENCE.split(text) if len(s) > 40):
-        return text
-    source_terms = [set(analyze(s.text)) for s in sources]
-    out = []
-    for sentence in re.split(r"(?<=[.!?。！？])(\s+)", text):
+class CitationStream:
+    """Adds a missing [n] at the end of each sentence while text streams through.
+
+    Small models often drop the markers. A sentence without one gets the marker of the source sharing
+    most of its terms, when that source holds at least `min_overlap` of them. A '.', '!' or '?' ends a
+    sentence only when whitespace follows, so the last piece is held back until the next delta shows it."""
+
+    def __init__(self, sources: Sequence[SourceRef], min_overlap: float = 0.3) -> None:
+        self.sources = list(sources)
+        self.terms = [set(analyze(s.text)) for s in self.sources]
+        self.min_overlap = min_overlap
+        self.sentence = ""
+        self.held = ""
+
+    def feed(self, delta: str, final: bool = False) -> str:
+        text, self.held, out, cursor = self.held + delta, "", [], 0
+        for match in _BOUNDARY.finditer(text):
+            if match.group() in ".!?":
+                if match.end() == len(text) and not final:
+                    self.held = text[match.start() :]
+                    text = text[: match.start()]
+                    break
+                if match.end() < len(text) and not text[match.end()].isspace():
+                    continue  # 3.14, e.g.x, file.yaml
+            piece = text[cursor : match.start()]
+            out.append(piece + self._marker(self.sentence + piece) + match.group())
+            self.sentence, cursor = "", match.end()
+        rest = text[cursor:]
+        self.sentence += rest
+        out.append(rest)
+        if final and self.sentence.strip():
+            out.append(self._marker(self.sentence))
+            self.sentence = ""
+        return "".join(out)
+
+    def _marker(self, sentence: str) -> str:
         terms = set(analyze(sentence))
-        if len(sentence.strip()) > 20 and terms and not _CITATION.search(sentence):
-            best = max(range(len(sources)), key=lambda i: len(terms & source_terms[i]))
-            if len(terms & source_terms[best]) / len(terms) >= min_overlap:
-                stripped = sentence.rstrip()
-                sentence = f"{stripped} [{sources[best].n}]" + sentence[len(stripped) :]
-        out.append(sentence)
-    return "".join(out)
+        if not self.sources or len(sentence.strip()) < 20 or not terms or _CITATION.search(sentence):
+            return ""
+        best = max(range(len(self.sources)), key=lambda i: len(terms & self.terms[i]))
+        return f" [{self.sources[best].n}]" if len(terms & self.terms[best]) / len(terms) >= self.min_overlap else ""
+
+
+def attribute_citations(text: str, sources: Sequence[SourceRef]) -> str:
+    """The whole-text form of CitationStream."""
+    return CitationStream(sources).feed(text, final=True)
 
 
 def _mark_cited(text: str, sources: list[SourceRef]) -> list[SourceRef]:
