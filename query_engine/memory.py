@@ -136,7 +136,8 @@ class SessionStore:
         sql = text(
             """SELECT m.session_id, m.seq, m.role, ts_headline('simple', m.content, q) AS snippet, ts_rank(m.search, q) AS rank
                FROM kb_messages m JOIN kb_sessions s ON s.id = m.session_id, websearch_to_tsquery('simple', :query) q
-               WHERE m.search @@ q AND (CAST(:user AS text) IS NULL OR s."user" = CAST(:user AS text)) ORDER BY rank DESC LIMIT :limit"""
+               WHERE m.search @@ q AND (CAST(:user AS text) IS NULL OR s."user" = CAST(:user AS text))
+               ORDER BY rank DESC LIMIT :limit"""
         )
         with self.engine.connect() as conn:
             rows = conn.execute(sql, {"query": query, "user": user, "limit": limit}).mappings().all()
