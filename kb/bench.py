@@ -6,6 +6,7 @@ import random
 import shutil
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -98,25 +99,181 @@ def run_ingest_benchmark(target_chunks: int, console: Console) -> dict[str, Any]
     embedding = EmbeddingSettings()
     resources = {
         "index": IndexResource(database_url=url),
-        "embedder": EmbedderResource(model_dir=str(embedding.model_dir), pooling=embedding.pooling,
-                                     batch_size=embedding.batch_size, max_length=embedding.max_length),
+        "embedder": EmbedderResource(
+            model_dir=str(embedding.model_dir),
+            pooling=embedding.pooling,
+            batch_size=embedding.batch_size,
+            max_length=embedding.max_length,
+        ),
         "storage": StorageResource(data_dir=str(work / "data")),
         "events": EventQueueResource(database_url=url),
-    }  # fmt: skip
+    }
     try:
         samples = load_specs(PlatformSettings().collections_file, PROJECT_ROOT)
         results = {"sample_knowledge_base": _measure("samples", samples, resources, console)}
         # 64-token chunks; a ~70-token section (with its heading path) makes two: ~10 chunks per document.
         documents = max(1, target_chunks // 10)
         generate_corpus(work / "generated", documents, paragraphs=5)
-        spec = CollectionSpec(name="bench_generated", chunk_tokens=64, chunk_overlap=8, splitter="prose",
-                              source=SourceSpec(path=str(work / "generated")))  # fmt: skip
+        spec = CollectionSpec(
+            name="bench_generated",
+            chunk_tokens=64,
+            chunk_overlap=8,
+            splitter="prose",
+            source=SourceSpec(path=str(work / "generated")),
+        )
         results["generated_corpus"] = _measure("generated", [spec], resources, console)
         return {
             "backend": "pgvector (embedded PostgreSQL)",
             "embedding_model": str(embedding.model_dir.relative_to(embedding.model_dir.parents[1])),
             **results,
         }
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+
+    def pick(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2) if ordered else 0.0
+
+    return {"p50": pick(0.5), "p95": pick(0.95)}
+
+
+def _fill_synthetic(index: Any, collection: str, chunks: int, dimension: int, seed: int = 11) -> None:
+    """Random unit vectors and random payments-vocabulary text: retrieval latency depends on the index
+    size and shape, not on what the vectors mean, and embedding 100,000 chunks here would take hours."""
+    import numpy as np
+
+    from assets.index import IndexPoint
+    from assets.sparse import bm25_document_vector
+
+    rng = random.Random(seed)
+    vectors = np.random.default_rng(seed).standard_normal((chunks, dimension)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index.ensure_collection(collection, dimension)
+    batch: list[IndexPoint] = []
+    for n in range(chunks):
+        text = " ".join(rng.choices(_WORDS, k=40))
+        batch.append(
+            IndexPoint(
+                str(uuid.UUID(int=n + 1)),
+                f"doc-{n // 10}.md",
+                "h",
+                n % 10,
+                f"c{n}",
+                text,
+                {"lang": "en"},
+                vectors[n],
+                bm25_document_vector(text, 40),
+            )
+        )
+        if len(batch) == 10_000:
+            index.write(collection, batch, [])
+            batch = []
+    if batch:
+        index.write(collection, batch, [])
+
+
+def run_query_benchmark(sizes: list[int], clients: list[int], queries: int, console: Console) -> dict[str, Any]:
+    """p50/p95 per retrieval stage (embed, search, fuse, rerank) by index size and concurrent clients,
+    and the API's overhead: /v1/query (answer=false) against the same retrieval in-process."""
+    import os
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    import yaml
+
+    from assets.embed import Embedder
+    from assets.index import PgVectorIndex
+    from query_engine.engine import AnswerEngine
+    from query_engine.rerank import EvidenceReranker
+
+    work = Path(tempfile.mkdtemp(prefix="kb-bench-q-"))
+    server = EmbeddedPostgres(work / "postgres", port=_free_port())
+    url = server.start()
+    embedding = EmbeddingSettings()
+    embedder = Embedder(embedding.model_dir, embedding.pooling, embedding.batch_size, embedding.max_length)
+    rng = random.Random(5)
+    questions = [" ".join(rng.choices(_WORDS, k=8)) + "?" for _ in range(queries)]
+    results: dict[str, Any] = {"backend": "pgvector (embedded PostgreSQL, HNSW)", "queries": queries, "sizes": {}}
+    try:
+        loader = PgVectorIndex(url)
+        for size in sizes:
+            collection = f"bench_q{size}"
+            console.log(f"filling {collection} with {size} synthetic chunks")
+            _fill_synthetic(loader, collection, size, embedder.dimension)
+            by_clients: dict[str, Any] = {}
+            for n_clients in clients:
+                engines = [
+                    AnswerEngine(PgVectorIndex(url), embedder, [collection], EvidenceReranker(), None) for _ in range(n_clients)
+                ]
+                timings: list[dict[str, float]] = []
+
+                def work_on(
+                    slot: int, engines: list[AnswerEngine] = engines, n_clients: int = n_clients
+                ) -> list[dict[str, float]]:
+                    out = []
+                    for question in questions[slot::n_clients]:
+                        started = time.perf_counter()
+                        retrieval = engines[slot].retrieve(question)
+                        out.append({**retrieval.timings, "retrieval_ms": (time.perf_counter() - started) * 1000})
+                    return out
+
+                console.log(f"{collection}: {n_clients} client(s)")
+                with ThreadPoolExecutor(n_clients) as pool:
+                    for part in pool.map(work_on, range(n_clients)):
+                        timings.extend(part)
+                stages_ = ("embed_ms", "search_ms", "fuse_ms", "rerank_ms", "retrieval_ms")
+                by_clients[f"{n_clients}_clients"] = {s: _percentiles([t[s] for t in timings]) for s in stages_}
+            results["sizes"][str(size)] = by_clients
+        # API overhead on the largest index, one client: the same retrieval through uvicorn + FastAPI.
+        size = sizes[-1]
+        config = work / "collections.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {"collections": {f"bench_q{size}": {"chunk_tokens": 64, "chunk_overlap": 8, "source": {"path": str(work)}}}}
+            )
+        )
+        port = _free_port()
+        env = {**os.environ, "DATABASE_URL": url, "KB_COLLECTIONS_FILE": str(config), "KB_API_PORT": str(port)}
+        api = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", "--port", str(port), "--log-level", "warning"],
+            env=env,
+            cwd=PROJECT_ROOT,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.5)
+            engine = AnswerEngine(PgVectorIndex(url), embedder, [f"bench_q{size}"], EvidenceReranker(), None)
+            direct, through_api = [], []
+            with httpx.Client(timeout=60) as client:
+                for question in questions:
+                    started = time.perf_counter()
+                    engine.retrieve(question)
+                    direct.append((time.perf_counter() - started) * 1000)
+                    started = time.perf_counter()
+                    response = client.post(f"{base}/v1/query", json={"question": question, "answer": False})
+                    through_api.append((time.perf_counter() - started) * 1000)
+                    response.raise_for_status()
+            results["api_overhead"] = {
+                "in_process_ms": _percentiles(direct),
+                "api_ms": _percentiles(through_api),
+                "ratio_p50": round(_percentiles(through_api)["p50"] / max(_percentiles(direct)["p50"], 1e-6), 3),
+            }
+        finally:
+            api.terminate()
+            api.wait(timeout=30)
+        return results
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -301,5 +301,19 @@ def eval_retrieval(
     _emit(result, as_json)
 
 
+@bench_app.command("query")
+def bench_query(
+    sizes: Annotated[str, typer.Option(help="Index sizes in chunks, comma-separated.")] = "10000,100000",
+    clients: Annotated[str, typer.Option(help="Concurrent clients, comma-separated.")] = "1,8",
+    queries: Annotated[int, typer.Option(help="Queries per run.")] = 80,
+    as_json: JsonFlag = False,
+) -> None:
+    """Retrieval latency per stage (p50/p95) by index size and concurrency, and the API's overhead."""
+    from kb.bench import run_query_benchmark
+
+    result = run_query_benchmark([int(s) for s in sizes.split(",")], [int(c) for c in clients.split(",")], queries, console)
+    _emit(result, as_json)
+
+
 if __name__ == "__main__":
     app()
