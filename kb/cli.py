@@ -301,6 +301,49 @@ def eval_retrieval(
     _emit(result, as_json)
 
 
+@eval_app.command("answers")
+def eval_answers(
+    dataset: Annotated[Path, typer.Option(help="A set with answers.jsonl (and/or alerts_without_runbook.jsonl).")],
+    variant: Annotated[str | None, typer.Option(help="Suffixed files (en, ru, zh) or a query field.")] = None,
+    collection: Annotated[str | None, typer.Option(help="Whose chunking to use when meta.json does not say.")] = None,
+    limit: Annotated[int, typer.Option(help="Questions (and no-answer probes) to ask; each is an LLM call.")] = 30,
+    as_json: JsonFlag = False,
+) -> None:
+    """Answer containment, token F1, citation precision and no-answer refusals, with the configured LLM."""
+    from evals.answers import evaluate_answers
+    from evals.cli_support import write_result
+    from evals.datasets import DatasetError
+    from kb.platform import Platform
+    from kb.settings import LLMSettings
+
+    platform, postgres, index, embedding = _settings()
+    llm = LLMSettings()
+    runtime = Platform(platform, postgres, index)
+    try:
+        if llm.backend == "embedded":
+            port = _free_port()
+            url = runtime.start_llm(_llm_model_path(platform, llm), llm.model, port, llm.context_window, llm.threads,
+                                    platform.data_dir / "logs")  # fmt: skip
+            runtime.wait_for(f"{url}/models", "the LLM server", timeout=300)
+        else:
+            url = llm.base_url or ""
+        result = evaluate_answers(dataset, variant, collection, limit, url, platform, embedding, llm, console)
+    except DatasetError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    finally:
+        runtime.stop()
+    result["results_file"] = str(write_result("answers", result["dataset"], result))
+    _emit(result, as_json)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @bench_app.command("query")
 def bench_query(
     sizes: Annotated[str, typer.Option(help="Index sizes in chunks, comma-separated.")] = "10000,100000",
