@@ -19,5 +19,5 @@ def build_llm(
 
     return OpenAILike(
         model=model, api_base=base_url, api_key=api_key, is_chat_model=True, context_window=context_window,
-        max_tokens=max_tokens, timeout=timeout, temperature=0.1, max_retries=0,
+        max_tokens=max_tokens, timeout=timeout, temperature=0.0, max_retries=0,
     )  # fmt: skip

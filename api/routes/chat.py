@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -114,7 +115,8 @@ async def _maybe_summarize(state: AppState, session_id: str) -> None:
     chat = await run_in_threadpool(state.sessions.get, session_id)
     try:
         reply = await state.engine.llm.acomplete(summary_prompt(chat["summary"] if chat else None, pending))
-    except Exception:  # a failed summary is retried after the next message; the answer already went out
+    except Exception as exc:  # a failed summary is retried after the next message; the answer already went out
+        logging.getLogger(__name__).warning("summary of session %s failed: %s", session_id, exc)
         return
     await run_in_threadpool(state.sessions.save_summary, session_id, reply.text.strip(), len(pending))
 
