@@ -21,7 +21,8 @@ def serve(model: Path, host: str, port: int, alias: str, n_ctx: int, threads: in
     params.model_alias = {alias}
     params.hostnames = [host]
     params.port = port
-    params.n_ctx = n_ctx
+    # llama.cpp splits n_ctx across the parallel slots; every request must get the whole window.
+    params.n_ctx = n_ctx * parallel
     params.n_parallel = parallel
     params.cpuparams.n_threads = threads
     params.cpuparams_batch.n_threads = threads

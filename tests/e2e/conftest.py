@@ -53,7 +53,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
         **os.environ, **{k: str(v) for k, v in ports.items()},
         "KB_DATA_DIR": str(root / "data"), "KB_COLLECTIONS_FILE": str(root / "collections.yaml"),
         "KB_LLM_MODEL": "qwen2.5-coder-0.5b-instruct", "KB_LLM_CONTEXT_WINDOW": "4096", "KB_LLM_MAX_ANSWER_TOKENS": "256",
-        "KB_API_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "KB_API_WEBHOOK_SECRET": WEBHOOK_SECRET, "KB_LLM_TIMEOUT_S": "900",
     }  # fmt: skip
     log = root / "up.log"
     with log.open("wb") as out:
