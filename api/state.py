@@ -59,8 +59,7 @@ def build_state() -> AppState:
     embedder = Embedder(embedding.model_dir, embedding.pooling, embedding.batch_size, embedding.max_length)
     specs = load_specs(platform.collections_file)
     base_url = llm_base_url(llm_settings, platform)
-    model = llm_settings.model if llm_settings.backend != "embedded" else llm_settings.model
-    llm = build_llm(llm_settings.backend, base_url, model, llm_settings.api_key, llm_settings.context_window,
+    llm = build_llm(llm_settings.backend, base_url, llm_settings.model, llm_settings.api_key, llm_settings.context_window,
                     llm_settings.max_answer_tokens, llm_settings.timeout_s)  # fmt: skip
     reranker = default_reranker(str(api.reranker_model_dir) if api.reranker_model_dir else None)
     engine = AnswerEngine(index, embedder, [s.name for s in specs], reranker, llm, llm_settings.context_window,

@@ -9,50 +9,41 @@ from api.deps import StateDep
 from api.metrics import REQUESTS, observe
 from api.schemas import QueryRequest, QueryResponse
 from api.sources import source_dicts
+from api.state import AppState
 from query_engine.engine import LLMUnavailable
 from query_engine.prompts import question_language
 
 router = APIRouter(tags=["query"])
 
 
-@router.post("/v1/query")
-async def query(body: QueryRequest, state: StateDep) -> QueryResponse:
-    """Retrieve and (unless answer=false) answer; with the LLM down, the sources still come back."""
-    if body.answer:
-        try:
-            answer = await state.engine.answer(body.question, collections=body.collections, filters=body.filters)
-        except LLMUnavailable as exc:
-            REQUESTS.labels("query", "llm_unavailable").inc()
-            retrieval = await run_in_threadpool(state.engine.retrieve, body.question, body.collections, body.filters)
-            return QueryResponse(
-                answer=None,
-                answerable=retrieval.answerable,
-                sources=source_dicts(retrieval.sources),
-                timings=retrieval.timings,
-                language=question_language(body.question),
-                error=str(exc),
-            )
-        except ValueError as exc:
-            raise HTTPException(400, str(exc)) from exc
-        sources = source_dicts(answer.sources)
-        observe(answer.timings, sources)
-        REQUESTS.labels("query", "ok").inc()
-        return QueryResponse(
-            answer=answer.text, answerable=bool(answer.sources), sources=sources, timings=answer.timings, language=answer.language
-        )
+async def _sources_only(state: AppState, body: QueryRequest, outcome: str, error: str | None = None) -> QueryResponse:
+    """Retrieval without an answer: asked for (answer=false), or the LLM is down."""
     try:
         retrieval = await run_in_threadpool(state.engine.retrieve, body.question, body.collections, body.filters)
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from exc
     observe(retrieval.timings)
-    REQUESTS.labels("query", "retrieval_only").inc()
-    return QueryResponse(
-        answer=None,
-        answerable=retrieval.answerable,
-        sources=source_dicts(retrieval.sources),
-        timings=retrieval.timings,
-        language=question_language(body.question),
-    )
+    REQUESTS.labels("query", outcome).inc()
+    return QueryResponse(answer=None, answerable=retrieval.answerable, sources=source_dicts(retrieval.sources),
+                         timings=retrieval.timings, language=question_language(body.question), error=error)  # fmt: skip
+
+
+@router.post("/v1/query")
+async def query(body: QueryRequest, state: StateDep) -> QueryResponse:
+    """Retrieve and (unless answer=false) answer; with the LLM down, the sources still come back."""
+    if not body.answer:
+        return await _sources_only(state, body, "retrieval_only")
+    try:
+        answer = await state.engine.answer(body.question, collections=body.collections, filters=body.filters)
+    except LLMUnavailable as exc:
+        return await _sources_only(state, body, "llm_unavailable", str(exc))
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from exc
+    sources = source_dicts(answer.sources)
+    observe(answer.timings, sources)
+    REQUESTS.labels("query", "ok").inc()
+    return QueryResponse(answer=answer.text, answerable=bool(answer.sources), sources=sources, timings=answer.timings,
+                         language=answer.language)  # fmt: skip
 
 
 @router.get("/v1/documents/{collection}/{path:path}")
