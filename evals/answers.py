@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -15,12 +13,9 @@ from typing import Any
 
 from rich.console import Console
 
-from assets.collections import load_specs
 from assets.embed import Embedder
-from assets.index import QdrantIndex
 from evals.datasets import DatasetError, load_dataset
-from evals.runner import build_index
-from evals.suite import DEFAULT_COLLECTION
+from evals.suite import ingested
 from kb.settings import EmbeddingSettings, LLMSettings, PlatformSettings
 from query_engine.engine import AnswerEngine
 from query_engine.llm import build_llm
@@ -70,14 +65,8 @@ def evaluate_answers(
     evalset = load_dataset(dataset, variant, None, collection)
     if not evalset.answers and not (dataset / "alerts_without_runbook.jsonl").exists():
         raise DatasetError(f"{dataset}: no answers file and no no-answer probes")
-    specs = {s.name: s for s in load_specs(platform.collections_file)}
-    name = evalset.collection or DEFAULT_COLLECTION
     embedder = Embedder(embedding.model_dir, embedding.pooling, embedding.batch_size, embedding.max_length)
-    scratch = Path(tempfile.mkdtemp(prefix="kb-eval-answers-"))
-    index = QdrantIndex(path=scratch)
-    try:
-        with console.status(f"ingesting {len(evalset.corpus)} documents"):
-            built = build_index(evalset, specs[name], embedder, index)
+    with ingested(evalset, platform, embedder, console) as (built, index, name):
         model = build_llm(llm.backend, llm_url, llm.model, llm.api_key, llm.context_window, llm.max_answer_tokens, llm.timeout_s)
         engine = AnswerEngine(
             index,
@@ -109,9 +98,6 @@ def evaluate_answers(
         probes = _no_answer_probes(dataset, limit)
         refusals = [refused(asyncio.run(engine.answer(text)).text) for text in probes]
         seconds = time.perf_counter() - started
-    finally:
-        index.close()
-        shutil.rmtree(scratch, ignore_errors=True)
     n = max(len(rows), 1)
     cited_total = sum(r["cited"] for r in rows)
     return {

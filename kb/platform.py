@@ -72,26 +72,11 @@ class Platform:
 
     def start_dagster(self, log_dir: Path) -> None:
         """Webserver and daemon on loopback, each logging to a file under the data directory."""
-        log_dir.mkdir(parents=True, exist_ok=True)
         bin_dir = Path(sys.executable).parent
-        env = {**os.environ, **dagster_environment(self.platform, self.postgres)}
-        commands = {
-            "webserver": [
-                str(bin_dir / "dagster-webserver"),
-                "-h",
-                self.platform.host,
-                "-p",
-                str(self.platform.dagster_port),
-                "-w",
-                str(PROJECT_ROOT / "workspace.yaml"),
-            ],
-            "daemon": [str(bin_dir / "dagster-daemon"), "run", "-w", str(PROJECT_ROOT / "workspace.yaml")],
-        }
-        for name, command in commands.items():
-            log = (log_dir / f"dagster-{name}.log").open("ab")
-            self._processes.append(
-                subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            )
+        workspace = str(PROJECT_ROOT / "workspace.yaml")
+        self.start_process("dagster-webserver", [str(bin_dir / "dagster-webserver"), "-h", self.platform.host,
+                                                 "-p", str(self.platform.dagster_port), "-w", workspace], log_dir)  # fmt: skip
+        self.start_process("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", workspace], log_dir)
 
     def start_process(self, name: str, command: list[str], log_dir: Path) -> None:
         """A server process of the platform, logging to `<log_dir>/<name>.log`, stopped with the platform."""
