@@ -18,6 +18,7 @@ from assets.chunk import Chunker
 from assets.collections import CollectionSpec, SourceSpec, load_specs
 from assets.extract import FolderSource
 from kb.ingest import ingest_collections
+from kb.platform import free_port
 from kb.postgres import EmbeddedPostgres
 from kb.settings import PROJECT_ROOT, EmbeddingSettings, PlatformSettings
 from pipelines.resources import EmbedderResource, EventQueueResource, IndexResource, StorageResource
@@ -82,19 +83,11 @@ def _measure(name: str, specs: list[CollectionSpec], resources: dict[str, Any], 
     }
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def run_ingest_benchmark(target_chunks: int, console: Console) -> dict[str, Any]:
     """The sample knowledge base and a generated corpus, each on a fresh index in a private embedded
     PostgreSQL (pgvector, the default backend)."""
     work = Path(tempfile.mkdtemp(prefix="kb-bench-"))
-    server = EmbeddedPostgres(work / "postgres", port=_free_port())
+    server = EmbeddedPostgres(work / "postgres", port=free_port())
     url = server.start()
     embedding = EmbeddingSettings()
     resources = {
@@ -179,7 +172,7 @@ def run_query_benchmark(sizes: list[int], clients: list[int], queries: int, cons
     from query_engine.rerank import EvidenceReranker
 
     work = Path(tempfile.mkdtemp(prefix="kb-bench-q-"))
-    server = EmbeddedPostgres(work / "postgres", port=_free_port())
+    server = EmbeddedPostgres(work / "postgres", port=free_port())
     url = server.start()
     embedding = EmbeddingSettings()
     embedder = Embedder(embedding.model_dir, embedding.pooling, embedding.batch_size, embedding.max_length)
@@ -224,7 +217,7 @@ def run_query_benchmark(sizes: list[int], clients: list[int], queries: int, cons
                 {"collections": {f"bench_q{size}": {"chunk_tokens": 64, "chunk_overlap": 8, "source": {"path": str(work)}}}}
             )
         )
-        port = _free_port()
+        port = free_port()
         env = {**os.environ, "DATABASE_URL": url, "KB_COLLECTIONS_FILE": str(config), "KB_API_PORT": str(port)}
         api = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", "--port", str(port), "--log-level", "warning"],

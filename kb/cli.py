@@ -321,7 +321,9 @@ def eval_answers(
     runtime = Platform(platform, postgres, index)
     try:
         if llm.backend == "embedded":
-            port = _free_port()
+            from kb.platform import free_port
+
+            port = free_port()
             url = runtime.start_llm(_llm_model_path(platform, llm), llm.model, port, llm.context_window, llm.threads,
                                     platform.data_dir / "logs")  # fmt: skip
             runtime.wait_for(f"{url}/models", "the LLM server", timeout=300)
@@ -334,14 +336,6 @@ def eval_answers(
         runtime.stop()
     result["results_file"] = str(write_result("answers", result["dataset"], result))
     _emit(result, as_json)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @bench_app.command("query")

@@ -18,6 +18,15 @@ from kb.settings import PROJECT_ROOT, IndexSettings, PlatformSettings, PostgresS
 DAGSTER_HOME = PROJECT_ROOT / "dagster_home"
 
 
+def free_port() -> int:
+    """A free TCP port on loopback (for private servers in benchmarks, evals and tests)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def embedded_postgres(platform: PlatformSettings) -> EmbeddedPostgres:
     return EmbeddedPostgres(platform.data_dir / "postgres", platform.host, platform.postgres_port)
 

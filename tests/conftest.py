@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,15 +13,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 from assets.collections import CollectionSpec, load_specs  # noqa: E402
+from kb.platform import free_port  # noqa: E402
 from kb.settings import PROJECT_ROOT  # noqa: E402
 
 SAMPLES = PROJECT_ROOT / "examples" / "knowledge_base"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
