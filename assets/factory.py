@@ -1,7 +1,6 @@
 """One factory turns each collection spec into its asset group, checks, job and schedule."""
 
 import time
-from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
@@ -9,7 +8,6 @@ from pydantic import Field
 from assets import checks, stages
 from assets.chunk import Chunker
 from assets.collections import CollectionSpec
-from assets.embed import model_fingerprint
 from assets.extract import source_for
 from pipelines.resources import EmbedderResource, IndexResource, StorageResource
 
@@ -64,7 +62,7 @@ def build_collection_defs(spec: CollectionSpec) -> dg.Definitions:
         embedder: EmbedderResource,
         storage: StorageResource,
     ) -> dg.Output[stages.ExtractResult]:
-        fingerprint = spec.fingerprint(model_fingerprint(Path(embedder.model_dir), embedder.pooling))
+        fingerprint = spec.fingerprint(embedder.fingerprint())
         source = source_for(spec.source, storage.git_cache)
         result = stages.extract(source, index.get(), spec, fingerprint, storage.max_file_bytes, config.paths or None)
         context.log.info(f"{len(result.changed)} changed, {result.unchanged} unchanged, {len(result.deleted)} deleted")

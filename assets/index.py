@@ -110,6 +110,20 @@ def bm25_idf(total: int, document_frequency: int) -> float:
     return math.log(1 + (total - document_frequency + 0.5) / (document_frequency + 0.5))
 
 
+# A term found in more than this share of the chunks scores but does not select candidates.
+COMMON_TERM_SHARE = 0.1
+
+
+def candidate_terms(frequencies: Mapping[int, int], total: int, limit: int) -> list[int]:
+    """The query terms whose chunks get scored. Scoring every chunk that holds a very common term
+    ("the", "error", "payment") is what makes BM25 in Postgres slow at 100,000 chunks, and such a chunk
+    ranks high only when it also holds a rarer query term; so the rare terms select, as long as they
+    select at least `limit` chunks, and all terms select otherwise."""
+    present = {term: df for term, df in frequencies.items() if df > 0}
+    rare = [term for term, df in present.items() if df <= COMMON_TERM_SHARE * total]
+    return rare if sum(present[term] for term in rare) >= limit else list(present)
+
+
 def _as_list(value: str | Sequence[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
@@ -118,17 +132,33 @@ class PgVectorIndex(VectorIndex):
     """One table per collection in PostgreSQL with pgvector: HNSW on the dense vector, a sparsevec of
     BM25 weights, and the term ids in a GIN-indexed array to count document frequencies."""
 
-    def __init__(self, url: str) -> None:
-        import psycopg
+    def __init__(self, url: str, max_connections: int = 8) -> None:
+        from psycopg_pool import ConnectionPool
+
+        # A pool, not one shared connection: API requests run in threads, and a single connection would
+        # serialize their searches (and the sparse search that runs while the query is embedded).
+        self._pool = ConnectionPool(
+            url, min_size=1, max_size=max_connections, kwargs={"autocommit": True}, configure=self._configure, open=True
+        )
+        with self._pool.connection() as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+
+    @staticmethod
+    def _configure(conn: Any) -> None:
         from pgvector.psycopg import register_vector
 
-        self._conn = psycopg.connect(url, autocommit=True)
-        self._conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        register_vector(self._conn)
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        register_vector(conn)
         # Enough HNSW candidates for the fused top-k, and iterative scans so filtered queries still fill k.
-        self._conn.execute("SET hnsw.ef_search = 200")
-        self._conn.execute("SET hnsw.iterative_scan = relaxed_order")
-        self._conn.execute("SET maintenance_work_mem = '256MB'")
+        conn.execute("SET hnsw.ef_search = 200")
+        conn.execute("SET hnsw.iterative_scan = relaxed_order")
+        conn.execute("SET maintenance_work_mem = '256MB'")
+
+    def _rows(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        """One statement on a pooled connection; its rows (none for statements without a result)."""
+        with self._pool.connection() as conn:
+            cursor = conn.execute(sql, params)
+            return cursor.fetchall() if cursor.description else []
 
     @staticmethod
     def _table(collection: str) -> str:
@@ -136,66 +166,89 @@ class PgVectorIndex(VectorIndex):
             raise ValueError(f"invalid collection name {collection!r}")
         return f"kb_chunks_{collection}"
 
+    @staticmethod
+    def _df_table(collection: str) -> str:
+        return f"{PgVectorIndex._table(collection)}_df"
+
     def ensure_collection(self, collection: str, dimension: int) -> None:
-        t = self._table(collection)
-        with self._conn.transaction():
-            self._conn.execute(
+        t, df = self._table(collection), self._df_table(collection)
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute(
                 f"""CREATE TABLE IF NOT EXISTS {t} (
                     id uuid PRIMARY KEY, doc_id text NOT NULL, doc_hash text NOT NULL, chunk_no int NOT NULL,
                     chunk_hash text NOT NULL, text text NOT NULL, metadata jsonb NOT NULL,
                     embedding vector({int(dimension)}) NOT NULL, sparse sparsevec({DIMENSIONS}) NOT NULL,
                     terms int[] NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())"""
             )
-            self._conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_doc ON {t} (doc_id)")
-            self._conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_hnsw ON {t} USING hnsw (embedding vector_cosine_ops)")
-            self._conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_terms ON {t} USING gin (terms)")
-            self._conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_meta ON {t} USING gin (metadata jsonb_path_ops)")
-
-    def _exists(self, collection: str) -> bool:
-        row = self._conn.execute("SELECT to_regclass(%s)", (self._table(collection),)).fetchone()
-        return bool(row and row[0])
+            conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_doc ON {t} (doc_id)")
+            conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_hnsw ON {t} USING hnsw (embedding vector_cosine_ops)")
+            conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_terms ON {t} USING gin (terms)")
+            conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_meta ON {t} USING gin (metadata jsonb_path_ops)")
+            # Document frequency per term, kept in step with the chunks by every write: BM25's IDF at query
+            # time is then one primary-key lookup instead of a count over the GIN index per query term.
+            # Term -1 counts the chunks themselves (real term ids are non-negative).
+            row = conn.execute("SELECT to_regclass(%s)", (df,)).fetchone()
+            if not (row and row[0]):
+                conn.execute(f"CREATE TABLE {df} (term int PRIMARY KEY, df int NOT NULL)")
+                conn.execute(f"INSERT INTO {df} SELECT term, count(*) FROM {t}, unnest(terms || -1) AS term GROUP BY term")
 
     def stored_chunks(self, collection: str, doc_ids: Sequence[str] | None = None) -> list[StoredChunk]:
-        if not self._exists(collection):
-            return []
         sql = f"SELECT id::text, doc_id, doc_hash, chunk_hash FROM {self._table(collection)}"
         rows = (
-            self._conn.execute(sql).fetchall()
+            self._rows_if_exists(sql)
             if doc_ids is None
-            else self._conn.execute(sql + " WHERE doc_id = ANY(%s)", (list(doc_ids),)).fetchall()
+            else self._rows_if_exists(sql + " WHERE doc_id = ANY(%s)", (list(doc_ids),))
         )
         return [StoredChunk(*row) for row in rows]
 
+    def _rows_if_exists(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        """Rows of a query on a collection's tables; none when the collection was never created."""
+        from psycopg.errors import UndefinedTable
+
+        try:
+            return self._rows(sql, params)
+        except UndefinedTable:
+            return []
+
     def vectors_by_chunk_hash(self, collection: str, doc_ids: Sequence[str]) -> dict[str, NDArray[np.float32]]:
-        if not doc_ids or not self._exists(collection):
+        if not doc_ids:
             return {}
-        rows = self._conn.execute(
+        rows = self._rows_if_exists(
             f"SELECT chunk_hash, embedding FROM {self._table(collection)} WHERE doc_id = ANY(%s)", (list(doc_ids),)
-        ).fetchall()
+        )
         return {h: np.asarray(v.to_numpy(), dtype=np.float32) for h, v in rows}
 
     def write(self, collection: str, upserts: Sequence[IndexPoint], delete_ids: Sequence[str]) -> None:
         from pgvector import SparseVector as PgSparse
         from psycopg.types.json import Jsonb
 
-        t = self._table(collection)
+        t, df = self._table(collection), self._df_table(collection)
         columns = "id, doc_id, doc_hash, chunk_no, chunk_hash, text, metadata, embedding, sparse, terms"
-        with self._conn.transaction(), self._conn.cursor() as cur:
-            if delete_ids:
-                cur.execute(f"DELETE FROM {t} WHERE id = ANY(%s::uuid[])", (list(delete_ids),))
-            if not upserts:
-                return
-            # Inserting row by row into an HNSW graph dominates large loads; for a bulk load into a table
-            # no bigger than the load, building the graph once afterwards is several times faster.
-            rebuild = len(upserts) >= BULK_LOAD_ROWS and len(upserts) >= self.count(collection)
-            if rebuild:
-                cur.execute(f"DROP INDEX IF EXISTS {t}_hnsw")
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             cur.execute(f"CREATE TEMP TABLE kb_staging (LIKE {t} INCLUDING DEFAULTS) ON COMMIT DROP")
             with cur.copy(f"COPY kb_staging ({columns}) FROM STDIN") as copy:
                 for p in upserts:
                     sparse = PgSparse(dict(zip(p.sparse.indices, p.sparse.values, strict=True)), DIMENSIONS)
                     copy.write_row((p.chunk_id, p.doc_id, p.doc_hash, p.chunk_no, p.chunk_hash, p.text, Jsonb(p.metadata),
                                     p.dense, sparse, list(p.sparse.indices)))  # fmt: skip
+            # Rows about to be replaced or deleted leave the document frequencies first.
+            cur.execute(
+                f"""UPDATE {df} SET df = {df}.df - gone.n FROM (
+                      SELECT term, count(*) AS n FROM {t}, unnest(terms || -1) AS term
+                      WHERE id = ANY(%s::uuid[]) OR id IN (SELECT id FROM kb_staging) GROUP BY term) AS gone
+                    WHERE {df}.term = gone.term""",
+                (list(delete_ids),),
+            )
+            if delete_ids:
+                cur.execute(f"DELETE FROM {t} WHERE id = ANY(%s::uuid[])", (list(delete_ids),))
+            if not upserts:
+                return
+            # Inserting row by row into an HNSW graph dominates large loads; for a bulk load into a table
+            # no bigger than the load, building the graph once afterwards is several times faster.
+            total = cur.execute(f"SELECT count(*) FROM {t}").fetchone()
+            rebuild = len(upserts) >= BULK_LOAD_ROWS and len(upserts) >= (total[0] if total else 0)
+            if rebuild:
+                cur.execute(f"DROP INDEX IF EXISTS {t}_hnsw")
             cur.execute(
                 f"""INSERT INTO {t} ({columns}) SELECT {columns} FROM kb_staging
                     ON CONFLICT (id) DO UPDATE SET doc_id = EXCLUDED.doc_id, doc_hash = EXCLUDED.doc_hash,
@@ -203,22 +256,22 @@ class PgVectorIndex(VectorIndex):
                       metadata = EXCLUDED.metadata, embedding = EXCLUDED.embedding, sparse = EXCLUDED.sparse,
                       terms = EXCLUDED.terms, updated_at = now()"""
             )
+            cur.execute(
+                f"""INSERT INTO {df} SELECT term, count(*) FROM kb_staging, unnest(terms || -1) AS term GROUP BY term
+                    ON CONFLICT (term) DO UPDATE SET df = {df}.df + EXCLUDED.df"""
+            )
             if rebuild:
                 cur.execute(f"CREATE INDEX {t}_hnsw ON {t} USING hnsw (embedding vector_cosine_ops)")
 
     def count(self, collection: str) -> int:
-        if not self._exists(collection):
-            return 0
-        row = self._conn.execute(f"SELECT count(*) FROM {self._table(collection)}").fetchone()
-        return int(row[0]) if row else 0
+        rows = self._rows_if_exists(f"SELECT count(*) FROM {self._table(collection)}")
+        return int(rows[0][0]) if rows else 0
 
     def document_chunks(self, collection: str, doc_id: str) -> list[Hit]:
-        if not self._exists(collection):
-            return []
-        rows = self._conn.execute(
+        rows = self._rows_if_exists(
             f"SELECT id, doc_id, 0.0, text, metadata FROM {self._table(collection)} WHERE doc_id = %s ORDER BY chunk_no",
             (doc_id,),
-        ).fetchall()
+        )
         return self._hits(rows)
 
     @staticmethod
@@ -233,45 +286,40 @@ class PgVectorIndex(VectorIndex):
         return [Hit(str(r[0]), r[1], float(r[2]), r[3], r[4]) for r in rows]
 
     def dense_search(self, collection: str, vector: NDArray[np.float32], limit: int, filters: Filters | None = None) -> list[Hit]:
-        if not self._exists(collection):
-            return []
         where, params = self._where(filters)
-        rows = self._conn.execute(
+        rows = self._rows_if_exists(
             f"""SELECT id, doc_id, 1 - (embedding <=> %s) AS score, text, metadata FROM {self._table(collection)}
                 WHERE true{where} ORDER BY embedding <=> %s LIMIT %s""",
             [vector, *params, vector, limit],
-        ).fetchall()
+        )
         return self._hits(rows)
 
     def sparse_search(self, collection: str, terms: Sequence[int], limit: int, filters: Filters | None = None) -> list[Hit]:
         from pgvector import SparseVector as PgSparse
 
-        if not terms or not self._exists(collection):
+        if not terms:
             return []
-        t = self._table(collection)
-        total_row = self._conn.execute(f"SELECT count(*) FROM {t}").fetchone()
-        total = int(total_row[0]) if total_row else 0
-        frequencies = self._conn.execute(
-            f"SELECT term, (SELECT count(*) FROM {t} WHERE terms @> ARRAY[term]) FROM unnest(%s::int[]) AS term",
-            (list(terms),),
-        ).fetchall()
-        weights = {int(term): bm25_idf(total, int(df)) for term, df in frequencies if df}
+        frequencies = dict(
+            self._rows_if_exists(f"SELECT term, df FROM {self._df_table(collection)} WHERE term = ANY(%s)", ([-1, *terms],))
+        )
+        total = int(frequencies.pop(-1, 0))
+        weights = {int(term): bm25_idf(total, int(df)) for term, df in frequencies.items() if df > 0}
         if not weights:
             return []
         query = PgSparse(weights, DIMENSIONS)
         where, params = self._where(filters)
-        rows = self._conn.execute(
-            f"""SELECT id, doc_id, -(sparse <#> %s) AS score, text, metadata FROM {t}
+        rows = self._rows_if_exists(
+            f"""SELECT id, doc_id, -(sparse <#> %s) AS score, text, metadata FROM {self._table(collection)}
                 WHERE terms && %s::int[]{where} ORDER BY sparse <#> %s LIMIT %s""",
-            [query, list(weights), *params, query, limit],
-        ).fetchall()
+            [query, candidate_terms(frequencies, total, limit), *params, query, limit],
+        )
         return self._hits(rows)
 
     def drop_collection(self, collection: str) -> None:
-        self._conn.execute(f"DROP TABLE IF EXISTS {self._table(collection)}")
+        self._rows(f"DROP TABLE IF EXISTS {self._table(collection)}, {self._df_table(collection)}")
 
     def close(self) -> None:
-        self._conn.close()
+        self._pool.close()
 
 
 class QdrantIndex(VectorIndex):

@@ -13,7 +13,6 @@ from typing import Any
 
 from rich.console import Console
 
-from assets.embed import Embedder
 from evals.datasets import DatasetError, load_dataset
 from evals.suite import ingested
 from kb.settings import EmbeddingSettings, LLMSettings, PlatformSettings
@@ -65,7 +64,7 @@ def evaluate_answers(
     evalset = load_dataset(dataset, variant, None, collection)
     if not evalset.answers and not (dataset / "alerts_without_runbook.jsonl").exists():
         raise DatasetError(f"{dataset}: no answers file and no no-answer probes")
-    embedder = Embedder(embedding.model_dir, embedding.pooling, embedding.batch_size, embedding.max_length)
+    embedder = embedding.load()
     with ingested(evalset, platform, embedder, console) as (built, index, name):
         model = build_llm(llm.backend, llm_url, llm.model, llm.api_key, llm.context_window, llm.max_answer_tokens, llm.timeout_s)
         engine = AnswerEngine(

@@ -19,12 +19,12 @@ def current_commit() -> str:
         return "unknown"
 
 
-def write_result(kind: str, label: str, result: dict[str, Any]) -> Path:
-    """evals/results/<kind>-<set>-<date>-<commit>.json"""
+def write_result(kind: str, label: str, result: dict[str, Any], tags: tuple[str, ...] = ()) -> Path:
+    """evals/results/<kind>-<set>[-<tags>]-<date>-<commit>.json; tags name a non-default configuration."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC)
     commit = current_commit()
-    name = f"{kind}-{label.replace(':', '-').replace('>', '')}-{stamp:%Y%m%d}-{commit}.json"
+    name = "-".join([kind, label.replace(":", "-").replace(">", ""), *tags, f"{stamp:%Y%m%d}", commit]) + ".json"
     path = RESULTS_DIR / name
     path.write_text(
         json.dumps({"commit": commit, "date": stamp.isoformat(timespec="seconds"), **result}, indent=2, ensure_ascii=False)

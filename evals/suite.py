@@ -7,39 +7,46 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Console
 
 from assets.collections import load_specs
 from assets.embed import Embedder
-from assets.index import QdrantIndex
+from assets.index import PgVectorIndex, QdrantIndex, VectorIndex
 from evals.datasets import DatasetError, EvalSet, load_dataset
 from evals.runner import BuiltIndex, build_index, run_systems
+from kb.platform import free_port
+from kb.postgres import EmbeddedPostgres
 from kb.settings import EmbeddingSettings, PlatformSettings
 from query_engine.rerank import default_reranker
 
 DEFAULT_COLLECTION = "technical_docs"  # language sets map to no collection: prose chunking
+Backend = Literal["qdrant", "pgvector"]
 
 
 @contextmanager
 def ingested(
-    evalset: EvalSet, platform: PlatformSettings, embedder: Embedder, console: Console
-) -> Iterator[tuple[BuiltIndex, QdrantIndex, str]]:
-    """The set's corpus ingested with its collection's chunking into a fresh Qdrant local-mode index in a
-    scratch folder (exact search, shared with nothing), removed afterwards."""
+    evalset: EvalSet, platform: PlatformSettings, embedder: Embedder, console: Console, backend: Backend = "qdrant"
+) -> Iterator[tuple[BuiltIndex, VectorIndex, str]]:
+    """The set's corpus ingested with its collection's chunking into a fresh index in a scratch folder
+    (shared with nothing), removed afterwards: Qdrant local mode (exact search), or pgvector in a scratch
+    embedded PostgreSQL (the platform's default backend: HNSW, BM25 with rare-term candidates)."""
     specs = {s.name: s for s in load_specs(platform.collections_file)}
     name = evalset.collection or DEFAULT_COLLECTION
     if name not in specs:
         raise DatasetError(f"collection {name!r} is not configured; pass --collection")
     scratch = Path(tempfile.mkdtemp(prefix="kb-eval-"))
-    index = QdrantIndex(path=scratch)
+    server = EmbeddedPostgres(scratch / "postgres", port=free_port()) if backend == "pgvector" else None
+    index: VectorIndex = PgVectorIndex(server.start()) if server else QdrantIndex(path=scratch / "qdrant")
     try:
         with console.status(f"ingesting {len(evalset.corpus)} documents of {evalset.label} with {name} chunking"):
             built = build_index(evalset, specs[name], embedder, index)
         yield built, index, name
     finally:
         index.close()
+        if server:
+            server.stop()
         shutil.rmtree(scratch, ignore_errors=True)
 
 
@@ -52,17 +59,20 @@ def evaluate_retrieval(
     platform: PlatformSettings,
     embedding: EmbeddingSettings,
     console: Console,
+    backend: Backend = "qdrant",
 ) -> dict[str, Any]:
     evalset = load_dataset(dataset, variant, corpus_variant, collection)
     if limit:
         evalset.queries = evalset.queries[:limit]
-    embedder = Embedder(embedding.model_dir, embedding.pooling, embedding.batch_size, embedding.max_length)
-    with ingested(evalset, platform, embedder, console) as (built, index, name):
+    embedder = embedding.load()
+    with ingested(evalset, platform, embedder, console, backend) as (built, index, name):
         with console.status(f"running {len(evalset.queries)} queries"):
             systems = run_systems(evalset, built, embedder, index, default_reranker(), dense_languages=embedding.languages)
     return {
         "dataset": evalset.label,
         "collection": name,
+        "backend": backend,
+        "embedding": embedder.model_id,
         "documents": len(evalset.corpus),
         "chunks": built.chunks,
         "queries": len(evalset.queries),

@@ -18,9 +18,9 @@ from assets.chunk import Chunker
 from assets.collections import CollectionSpec, SourceSpec, load_specs
 from assets.extract import FolderSource
 from kb.ingest import ingest_collections
-from kb.platform import free_port
+from kb.platform import Platform, free_port
 from kb.postgres import EmbeddedPostgres
-from kb.settings import PROJECT_ROOT, EmbeddingSettings, PlatformSettings
+from kb.settings import PROJECT_ROOT, EmbeddingSettings, IndexSettings, LLMSettings, PlatformSettings, PostgresSettings
 from pipelines.resources import EmbedderResource, EventQueueResource, IndexResource, StorageResource
 
 _WORDS = (
@@ -92,12 +92,7 @@ def run_ingest_benchmark(target_chunks: int, console: Console) -> dict[str, Any]
     embedding = EmbeddingSettings()
     resources = {
         "index": IndexResource(database_url=url),
-        "embedder": EmbedderResource(
-            model_dir=str(embedding.model_dir),
-            pooling=embedding.pooling,
-            batch_size=embedding.batch_size,
-            max_length=embedding.max_length,
-        ),
+        "embedder": EmbedderResource(**embedding.resource_fields()),
         "storage": StorageResource(data_dir=str(work / "data")),
         "events": EventQueueResource(database_url=url),
     }
@@ -134,39 +129,94 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": pick(0.5), "p95": pick(0.95)}
 
 
-def _fill_synthetic(index: Any, collection: str, chunks: int, dimension: int, seed: int = 11) -> None:
-    """Random unit vectors and random payments-vocabulary text: retrieval latency depends on the index
-    size and shape, not on what the vectors mean, and embedding 100,000 chunks here would take hours."""
+_FUNCTION_WORDS = (
+    "the of and to a in is for that on with as by it be this are from or at an not if when which can after all"
+).split()
+_SYLLABLES = "ka lo mi nu pe ra si to ve zu ba de fi go hu ja ke li mo ny".split()
+
+
+def zipf_vocabulary(size: int) -> list[str]:
+    """English function words first, then generated words that grow longer with rank, as real ones do."""
+    generated = []
+    n = 0
+    while len(generated) < size - len(_FUNCTION_WORDS):
+        n += 1
+        word, rest = "", n
+        while rest:
+            rest, digit = divmod(rest, len(_SYLLABLES))
+            word += _SYLLABLES[digit]
+        generated.append(word + "x")  # a consonant ending keeps the stemmer from merging words
+    return _FUNCTION_WORDS + generated
+
+
+def synthetic_texts(count: int, words: int, seed: int, vocabulary: int = 50_000) -> list[str]:
+    """Texts whose word frequencies follow Zipf's law (exponent 1.07, as in English): BM25 search cost
+    depends on how many chunks hold each query term, so a flat toy vocabulary would misstate it."""
+    import numpy as np
+
+    vocab = np.array(zipf_vocabulary(vocabulary))
+    weights = 1.0 / (np.arange(vocabulary) + 2.7) ** 1.07
+    drawn = np.random.default_rng(seed).choice(vocabulary, size=(count, words), p=weights / weights.sum())
+    return [" ".join(vocab[row]) for row in drawn]
+
+
+def bench_questions(texts: list[str], count: int, seed: int = 5) -> list[str]:
+    """Questions as people type them: a run of 5 to 9 words from some chunk (function words included)."""
+    rng = random.Random(seed)
+    questions = []
+    for _ in range(count):
+        words = rng.choice(texts).split()
+        length = rng.randint(5, 9)
+        start = rng.randrange(len(words) - length)
+        questions.append(" ".join(words[start : start + length]) + "?")
+    return questions
+
+
+def _fill_synthetic(index: Any, collection: str, chunks: int, dimension: int, seed: int = 11) -> list[str]:
+    """Random unit vectors and Zipf-distributed text of 200 words a chunk: retrieval latency depends on
+    the index size and shape, not on what the vectors mean, and embedding 100,000 chunks here would take
+    hours. Returns the texts, so questions can be drawn from them."""
     import numpy as np
 
     from assets.index import IndexPoint
     from assets.sparse import bm25_document_vector
 
-    rng = random.Random(seed)
+    texts = synthetic_texts(chunks, 200, seed)
     vectors = np.random.default_rng(seed).standard_normal((chunks, dimension)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     index.ensure_collection(collection, dimension)
-    points = []
-    for n in range(chunks):
-        text = " ".join(rng.choices(_WORDS, k=40))
-        points.append(IndexPoint(str(uuid.UUID(int=n + 1)), f"doc-{n // 10}.md", "h", n % 10, f"c{n}", text, {"lang": "en"},
-                                 vectors[n], bm25_document_vector(text, 40)))  # fmt: skip
+    points = [
+        IndexPoint(
+            str(uuid.UUID(int=n + 1)),
+            f"doc-{n // 10}.md",
+            "h",
+            n % 10,
+            f"c{n}",
+            text,
+            {"lang": "en"},
+            vectors[n],
+            bm25_document_vector(text, 200),
+        )  # fmt: skip
+        for n, text in enumerate(texts)
+    ]
     # One write: a bulk load builds the HNSW graph once instead of inserting row by row.
     index.write(collection, points, [])
+    return texts
 
 
-def run_query_benchmark(sizes: list[int], clients: list[int], queries: int, console: Console) -> dict[str, Any]:
-    """p50/p95 per retrieval stage (embed, search, fuse, rerank) by index size and concurrent clients,
-    and the API's overhead: /v1/query (answer=false) against the same retrieval in-process."""
+def run_query_benchmark(
+    sizes: list[int], clients: list[int], queries: int, console: Console, llm_model: Path | None = None, llm_questions: int = 0
+) -> dict[str, Any]:
+    """p50/p95 per retrieval stage (embed, search, fuse, rerank) by index size and concurrent clients;
+    the API's overhead: /v1/query (answer=false) against the same retrieval in-process; and, with an LLM
+    model, time to first token and tokens/s through /v1/chat/completions against the LLM server direct."""
     import os
     import subprocess
     import sys
     from concurrent.futures import ThreadPoolExecutor
 
-    import httpx
     import yaml
 
-    from assets.embed import Embedder
     from assets.index import PgVectorIndex
     from query_engine.engine import AnswerEngine
     from query_engine.rerank import EvidenceReranker
@@ -175,16 +225,15 @@ def run_query_benchmark(sizes: list[int], clients: list[int], queries: int, cons
     server = EmbeddedPostgres(work / "postgres", port=free_port())
     url = server.start()
     embedding = EmbeddingSettings()
-    embedder = Embedder(embedding.model_dir, embedding.pooling, embedding.batch_size, embedding.max_length)
-    rng = random.Random(5)
-    questions = [" ".join(rng.choices(_WORDS, k=8)) + "?" for _ in range(queries)]
+    embedder = embedding.load()
+    questions: list[str] = []
     results: dict[str, Any] = {"backend": "pgvector (embedded PostgreSQL, HNSW)", "queries": queries, "sizes": {}}
     try:
         loader = PgVectorIndex(url)
         for size in sizes:
             collection = f"bench_q{size}"
             console.log(f"filling {collection} with {size} synthetic chunks")
-            _fill_synthetic(loader, collection, size, embedder.dimension)
+            questions = bench_questions(_fill_synthetic(loader, collection, size, embedder.dimension), queries)
             by_clients: dict[str, Any] = {}
             for n_clients in clients:
                 engines = [
@@ -193,7 +242,7 @@ def run_query_benchmark(sizes: list[int], clients: list[int], queries: int, cons
                 timings: list[dict[str, float]] = []
 
                 def work_on(
-                    slot: int, engines: list[AnswerEngine] = engines, n_clients: int = n_clients
+                    slot: int, engines: list[AnswerEngine] = engines, n_clients: int = n_clients, questions: list[str] = questions
                 ) -> list[dict[str, float]]:
                     out = []
                     for question in questions[slot::n_clients]:
@@ -206,7 +255,7 @@ def run_query_benchmark(sizes: list[int], clients: list[int], queries: int, cons
                 with ThreadPoolExecutor(n_clients) as pool:
                     for part in pool.map(work_on, range(n_clients)):
                         timings.extend(part)
-                stages_ = ("embed_ms", "search_ms", "fuse_ms", "rerank_ms", "retrieval_ms")
+                stages_ = ("embed_ms", "dense_search_ms", "sparse_search_ms", "search_ms", "fuse_ms", "rerank_ms", "retrieval_ms")
                 by_clients[f"{n_clients}_clients"] = {s: _percentiles([t[s] for t in timings]) for s in stages_}
             results["sizes"][str(size)] = by_clients
         # API overhead on the largest index, one client: the same retrieval through uvicorn + FastAPI.
@@ -218,7 +267,15 @@ def run_query_benchmark(sizes: list[int], clients: list[int], queries: int, cons
             )
         )
         port = free_port()
+        llm_settings = LLMSettings()
+        runtime = Platform(PlatformSettings(), PostgresSettings(), IndexSettings())
         env = {**os.environ, "DATABASE_URL": url, "KB_COLLECTIONS_FILE": str(config), "KB_API_PORT": str(port)}
+        llm_url = None
+        if llm_model is not None and llm_questions > 0:
+            llm_port = free_port()
+            llm_url = runtime.start_llm(llm_model, llm_settings.model, llm_port, llm_settings.context_window,
+                                        llm_settings.threads, work / "logs")  # fmt: skip
+            env |= {"KB_LLM_BACKEND": "embedded", "KB_LLM_PORT": str(llm_port), "KB_LLM_BASE_URL": llm_url}
         api = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", "--port", str(port), "--log-level", "warning"],
             env=env,
@@ -226,33 +283,105 @@ def run_query_benchmark(sizes: list[int], clients: list[int], queries: int, cons
         )
         try:
             base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.5)
-            engine = AnswerEngine(PgVectorIndex(url), embedder, [f"bench_q{size}"], EvidenceReranker(), None)
-            direct, through_api = [], []
-            with httpx.Client(timeout=60) as client:
-                for question in questions:
-                    started = time.perf_counter()
-                    engine.retrieve(question)
-                    direct.append((time.perf_counter() - started) * 1000)
-                    started = time.perf_counter()
-                    response = client.post(f"{base}/v1/query", json={"question": question, "answer": False})
-                    through_api.append((time.perf_counter() - started) * 1000)
-                    response.raise_for_status()
-            results["api_overhead"] = {
-                "in_process_ms": _percentiles(direct),
-                "api_ms": _percentiles(through_api),
-                "ratio_p50": round(_percentiles(through_api)["p50"] / max(_percentiles(direct)["p50"], 1e-6), 3),
-            }
+            runtime.wait_for(f"{base}/healthz", "the API", timeout=120)
+            engine = AnswerEngine(PgVectorIndex(url), embedder, [f"bench_q{size}"], EvidenceReranker(), None,
+                                  llm_settings.context_window, llm_settings.max_answer_tokens)  # fmt: skip
+            results["api_overhead"] = _api_overhead(base, engine, questions)
+            if llm_url is not None:
+                runtime.wait_for(f"{llm_url}/models", "the LLM server", timeout=300)
+                console.log(f"LLM: {llm_questions} answers through the API and direct")
+                results["llm"] = _llm_through_api(base, llm_url, engine, questions[:llm_questions], llm_settings)
         finally:
             api.terminate()
             api.wait(timeout=30)
+            runtime.stop()
         return results
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _api_overhead(base: str, engine: Any, questions: list[str]) -> dict[str, Any]:
+    """The same retrieval in-process and through /v1/query (answer=false), alternating per question."""
+    import httpx
+
+    direct, through_api = [], []
+    with httpx.Client(timeout=60) as client:
+        for question in questions:
+            started = time.perf_counter()
+            engine.retrieve(question)
+            direct.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            response = client.post(f"{base}/v1/query", json={"question": question, "answer": False})
+            through_api.append((time.perf_counter() - started) * 1000)
+            response.raise_for_status()
+    return {
+        "in_process_ms": _percentiles(direct),
+        "api_ms": _percentiles(through_api),
+        "ratio_p50": round(_percentiles(through_api)["p50"] / max(_percentiles(direct)["p50"], 1e-6), 3),
+    }
+
+
+def _timed_stream(chunks: Any) -> tuple[float | None, float, str]:
+    """(seconds to the first text, seconds to the last, the text) of a stream of OpenAI chat chunks."""
+    started = time.perf_counter()
+    first: float | None = None
+    parts = []
+    for chunk in chunks:
+        text = chunk.choices[0].delta.content if chunk.choices else None
+        if text:
+            first = first if first is not None else time.perf_counter() - started
+            parts.append(text)
+    return first, time.perf_counter() - started, "".join(parts)
+
+
+def _llm_through_api(base: str, llm_url: str, engine: Any, questions: list[str], llm: LLMSettings) -> dict[str, Any]:
+    """Per question, the chat API streams an answer (retrieval, prompt, LLM), then the same prompt goes to
+    the LLM server directly. The direct call skips llama.cpp's prompt cache, so both pay the full prompt;
+    tokens are counted by the server's tokenizer on the text without citation markers, which the API adds."""
+    import re
+
+    import httpx
+    from openai import OpenAI
+
+    api = OpenAI(base_url=f"{base}/v1", api_key="bench", timeout=600)
+    direct = OpenAI(base_url=llm_url, api_key="bench", timeout=600)
+    server = llm_url.removesuffix("/v1")
+
+    def tokens(text: str) -> int:
+        plain = re.sub(r"\s*\[\d+\]", "", text)
+        return len(httpx.post(f"{server}/tokenize", json={"content": plain}, timeout=30).json()["tokens"])
+
+    rows: list[dict[str, float]] = []
+    for question in questions:
+        ttft_api, total_api, text_api = _timed_stream(
+            api.chat.completions.create(model="default", messages=[{"role": "user", "content": question}], stream=True)
+        )
+        retrieval = engine.retrieve(question)
+        messages: list[Any] = [{"role": m.role.value, "content": m.content or ""} for m in engine.messages(question, retrieval)]
+        ttft_direct, total_direct, text_direct = _timed_stream(
+            direct.chat.completions.create(
+                model=llm.model,
+                messages=messages,
+                stream=True,
+                temperature=0,
+                max_tokens=llm.max_answer_tokens,
+                extra_body={"cache_prompt": False},
+            )  # fmt: skip
+        )
+        if ttft_api is None or ttft_direct is None or not retrieval.answerable:
+            continue  # the API refused without an LLM call: nothing to compare
+        rows.append({
+            "ttft_api_ms": ttft_api * 1000, "ttft_direct_ms": ttft_direct * 1000,
+            "tokens_per_s_api": tokens(text_api) / max(total_api - ttft_api, 1e-3),
+            "tokens_per_s_direct": tokens(text_direct) / max(total_direct - ttft_direct, 1e-3),
+        })  # fmt: skip
+    summary: dict[str, Any] = {"answers": len(rows)}
+    for key in ("ttft_api_ms", "ttft_direct_ms", "tokens_per_s_api", "tokens_per_s_direct"):
+        summary[key] = _percentiles([r[key] for r in rows])
+    if rows:
+        summary["ttft_ratio_p50"] = round(summary["ttft_api_ms"]["p50"] / max(summary["ttft_direct_ms"]["p50"], 1e-6), 3)
+        summary["tokens_per_s_ratio_p50"] = round(
+            summary["tokens_per_s_api"]["p50"] / max(summary["tokens_per_s_direct"]["p50"], 1e-6), 3
+        )
+    return summary

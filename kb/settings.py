@@ -12,6 +12,8 @@ from typing import Self
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from assets.embed import BACKENDS, Embedder, embedder_fingerprint, load_embedder
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -65,11 +67,38 @@ class EmbeddingSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="KB_EMBEDDING_", extra="ignore")
 
+    backend: str = Field(
+        default="flagembedding",
+        description="'flagembedding' (the model in model_dir; English MiniLM by default) or 'use-multilingual' "
+        "(Universal Sentence Encoder v3: EN/RU/ZH in one space, so questions find passages across languages).",
+    )
     model_dir: Path = Field(default_factory=_default_embedding_model_dir)
     pooling: str = Field(default="mean", description="'mean' for MiniLM/E5, 'cls' for BGE models.")
     batch_size: int = Field(default=32)
     max_length: int = Field(default=512, description="Tokens per passage the model sees.")
-    languages: list[str] = Field(default=["en"], description="Query languages the model embeds well; others use BM25 alone.")
+    languages: list[str] = Field(
+        default=["en"], description="Query languages the model embeds well; others use BM25 alone (use-multilingual: en, ru, zh)."
+    )
+
+    @model_validator(mode="after")
+    def _multilingual_languages(self) -> Self:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"KB_EMBEDDING_BACKEND must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
+        if self.backend == "use-multilingual" and "languages" not in self.model_fields_set:
+            self.languages = ["en", "ru", "zh"]
+        return self
+
+    def resource_fields(self) -> dict[str, str | int]:
+        """The settings as the Dagster EmbedderResource's config."""
+        return {"model_dir": str(self.model_dir), "backend": self.backend, "pooling": self.pooling,
+                "batch_size": self.batch_size, "max_length": self.max_length}  # fmt: skip
+
+    def load(self) -> Embedder:
+        """The configured model, loaded once per process."""
+        return load_embedder(self.backend, str(self.model_dir), self.pooling, self.batch_size, self.max_length)
+
+    def fingerprint(self) -> str:
+        return embedder_fingerprint(self.backend, self.model_dir, self.pooling)
 
 
 class LLMSettings(BaseSettings):

@@ -29,12 +29,7 @@ def build_resources(
             qdrant_path=str(index.qdrant_path) if index.qdrant_path else None,
             qdrant_api_key=index.qdrant_api_key,
         ),
-        "embedder": EmbedderResource(
-            model_dir=str(embedding.model_dir),
-            pooling=embedding.pooling,
-            batch_size=embedding.batch_size,
-            max_length=embedding.max_length,
-        ),
+        "embedder": EmbedderResource(**embedding.resource_fields()),
         "storage": StorageResource(data_dir=str(platform.data_dir), max_file_bytes=platform.max_file_bytes),
         "events": EventQueueResource(database_url=url),
     }

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.embed import Embedder
+from assets.embed import Embedder, embedder_fingerprint, load_embedder
 from assets.index import PgVectorIndex, QdrantIndex, VectorIndex
 from assets.stages import Quarantined
 
@@ -21,11 +21,6 @@ def _open_index(database_url: str | None, qdrant_url: str | None, qdrant_path: s
     if not database_url:
         raise ValueError("no index configured: set DATABASE_URL (pgvector) or QDRANT_URL / QDRANT_PATH")
     return PgVectorIndex(database_url)
-
-
-@cache
-def _load_embedder(model_dir: str, pooling: str, batch_size: int, max_length: int) -> Embedder:
-    return Embedder(Path(model_dir), pooling, batch_size, max_length)
 
 
 class IndexResource(dg.ConfigurableResource):
@@ -41,15 +36,20 @@ class IndexResource(dg.ConfigurableResource):
 
 
 class EmbedderResource(dg.ConfigurableResource):
-    """The FlagEmbedding model, loaded once per process from a local directory."""
+    """The embedding model (a FlagEmbedding model directory, or the multilingual USE), loaded once per process."""
 
     model_dir: str
+    backend: str = "flagembedding"
     pooling: str = "mean"
     batch_size: int = 32
     max_length: int = 512
 
     def get(self) -> Embedder:
-        return _load_embedder(self.model_dir, self.pooling, self.batch_size, self.max_length)
+        return load_embedder(self.backend, self.model_dir, self.pooling, self.batch_size, self.max_length)
+
+    def fingerprint(self) -> str:
+        """The loaded model's `model_id`, known without loading it."""
+        return embedder_fingerprint(self.backend, Path(self.model_dir), self.pooling)
 
 
 class StorageResource(dg.ConfigurableResource):

@@ -32,11 +32,9 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def embedder():  # type: ignore[no-untyped-def]
-    from assets.embed import Embedder
     from kb.settings import EmbeddingSettings
 
-    settings = EmbeddingSettings()
-    return Embedder(settings.model_dir, settings.pooling, settings.batch_size, settings.max_length)
+    return EmbeddingSettings().load()
 
 
 @pytest.fixture(scope="session")

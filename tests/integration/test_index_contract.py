@@ -109,3 +109,24 @@ def test_pgvector_write_is_atomic(postgres_url: str, embedder) -> None:  # type:
     assert [c.doc_id for c in index.stored_chunks("atomic")] == ["kafka.md"]
     index.drop_collection("atomic")
     index.close()
+
+
+def test_pgvector_document_frequencies_follow_every_write(postgres_url: str, embedder) -> None:  # type: ignore[no-untyped-def]
+    index = PgVectorIndex(postgres_url)
+    index.drop_collection("dfs")
+    index.ensure_collection("dfs", 384)
+    first = points(embedder, TEXTS)
+    index.write("dfs", first, [])
+    changed = points(embedder, {"kafka.md": "Kafka consumer lag again: add consumers, never partitions."}, "v2")
+    index.write("dfs", changed, [first[1].chunk_id])  # kafka.md replaced, redis.md deleted
+    counted = "SELECT term, count(*) FROM kb_chunks_dfs, unnest(terms || -1) AS term GROUP BY term"
+    kept = "SELECT term, df FROM kb_chunks_dfs_df WHERE df > 0"
+    assert dict(index._rows(kept)) == dict(index._rows(counted))
+    assert dict(index._rows(kept))[-1] == 2
+    # An index written before the frequency table existed gets it on the next ensure_collection.
+    index._rows("DROP TABLE kb_chunks_dfs_df")
+    index.ensure_collection("dfs", 384)
+    assert dict(index._rows(kept)) == dict(index._rows(counted))
+    assert [h.doc_id for h in index.sparse_search("dfs", query_terms("kafka partitions"), 3)] == ["kafka.md"]
+    index.drop_collection("dfs")
+    index.close()

@@ -61,3 +61,13 @@ def test_a_push_is_routed_to_the_collections_bound_to_its_repository(sample_spec
         "commits": [{"added": ["src/a.py"], "modified": ["src/b.go", "README.md"]}, {"removed": ["src/c.py"]}],
     }
     assert route_push(payload, bound) == {"code_snippets": ["a.py", "b.go", "c.py"]}
+
+
+def test_common_terms_score_but_do_not_select_candidates() -> None:
+    from assets.index import candidate_terms
+
+    frequencies = {1: 900, 2: 30, 3: 40, 4: 0}  # in 1,000 chunks: one common term, two rare, one unseen
+    assert sorted(candidate_terms(frequencies, 1000, 50)) == [2, 3]
+    # Too few chunks hold the rare terms to fill the list: every present term selects.
+    assert sorted(candidate_terms(frequencies, 1000, 100)) == [1, 2, 3]
+    assert candidate_terms({1: 900}, 1000, 10) == [1]
