@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from llama_index.core.node_parser import SentenceSplitter
 
 from assets.collections import CollectionSpec
+from assets.embed import Embedder
 from assets.parse import ParsedDocument, Section, document_kind
 
 # Namespace of the deterministic chunk ids: uuid5(namespace, "collection/doc_id#n").
@@ -37,9 +38,10 @@ def chunk_id(collection: str, doc_id: str, chunk_no: int) -> str:
 class Chunker:
     """One collection's chunking: token-sized windows with overlap, never crossing a section."""
 
-    def __init__(self, spec: CollectionSpec, tokenize: Tokenize) -> None:
+    def __init__(self, spec: CollectionSpec, embedder: Embedder) -> None:
         self.spec = spec
-        self.tokenize = tokenize
+        self.tokenize: Tokenize = embedder.count_tokens
+        self.model_id = embedder.model_id
         self._splitters: dict[int, SentenceSplitter] = {}
 
     def _splitter(self, size: int) -> SentenceSplitter:
@@ -73,7 +75,9 @@ class Chunker:
                     chunk_no=n,
                     text=text,
                     token_count=self.count(text),
-                    chunk_hash=hashlib.sha256(text.encode()).hexdigest(),
+                    # The text as this model embeds it: a stored vector is reused only for the same text
+                    # and the same model, so switching models never mixes vector spaces.
+                    chunk_hash=hashlib.sha256(f"{self.model_id}\x1f{text}".encode()).hexdigest(),
                     metadata=metadata,
                 )
             )

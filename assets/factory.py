@@ -129,7 +129,7 @@ def build_collection_defs(spec: CollectionSpec) -> dg.Definitions:
         description=f"{c}: {spec.chunk_tokens}-token chunks, {spec.chunk_overlap} overlap, metadata {', '.join(spec.metadata)}.",
     )
     def chunks(documents: list, embedder: EmbedderResource):  # type: ignore[no-untyped-def,type-arg]
-        chunker = Chunker(spec, embedder.get().count_tokens)
+        chunker = Chunker(spec, embedder.get())
         result = stages.chunk(documents, chunker)
         tokens = [ch.token_count for ch in result]
         yield dg.Output(

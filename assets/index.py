@@ -58,7 +58,10 @@ class VectorIndex(ABC):
     """What ingestion and retrieval need from a vector store, and nothing more."""
 
     @abstractmethod
-    def ensure_collection(self, collection: str, dimension: int) -> None: ...
+    def ensure_collection(self, collection: str, dimension: int) -> None:
+        """Create the collection if missing. One holding vectors of another dimension (the embedding model
+        was changed) is dropped: its vectors cannot be searched with the new model, and every document
+        is re-embedded by the run that follows, since the model is part of each document's hash."""
 
     @abstractmethod
     def stored_chunks(self, collection: str, doc_ids: Sequence[str] | None = None) -> list[StoredChunk]:
@@ -173,6 +176,11 @@ class PgVectorIndex(VectorIndex):
     def ensure_collection(self, collection: str, dimension: int) -> None:
         t, df = self._table(collection), self._df_table(collection)
         with self._pool.connection() as conn, conn.transaction():
+            stored = conn.execute(
+                "SELECT atttypmod FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = 'embedding'", (t,)
+            ).fetchone()
+            if stored and stored[0] != dimension:
+                conn.execute(f"DROP TABLE {t}, {df}")
             conn.execute(
                 f"""CREATE TABLE IF NOT EXISTS {t} (
                     id uuid PRIMARY KEY, doc_id text NOT NULL, doc_hash text NOT NULL, chunk_no int NOT NULL,
@@ -340,7 +348,10 @@ class QdrantIndex(VectorIndex):
         from qdrant_client import models
 
         if self._client.collection_exists(collection):
-            return
+            vectors = self._client.get_collection(collection).config.params.vectors
+            if isinstance(vectors, dict) and vectors[self.DENSE].size == dimension:
+                return
+            self._client.delete_collection(collection)
         self._client.create_collection(
             collection,
             vectors_config={self.DENSE: models.VectorParams(size=dimension, distance=models.Distance.COSINE)},

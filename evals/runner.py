@@ -58,7 +58,7 @@ def build_index(evalset: EvalSet, spec: CollectionSpec, embedder: Embedder, inde
     extracted = stages.ExtractResult(raws, {r.doc_id: r.content_hash for r in raws}, 0, [])
     parsed = stages.parse(extracted, spec)
     documents, _ = stages.mask(parsed.documents)
-    chunks = stages.chunk(documents, Chunker(spec, embedder.count_tokens))
+    chunks = stages.chunk(documents, Chunker(spec, embedder))
     embedded = stages.embed(chunks, embedder, index, collection)
     report = stages.write_index(extracted, parsed, embedded, index, spec, embedder.dimension)
     return BuiltIndex(collection, doc_of_file, report.chunks, time.perf_counter() - started)

@@ -49,7 +49,7 @@ def _embedding_alone(specs: list[CollectionSpec], embedder: Any) -> tuple[int, f
         raw = FolderSource(Path(spec.source.path)).documents(PlatformSettings().max_file_bytes)
         extracted = stages.ExtractResult(raw, {d.doc_id: "bench" for d in raw}, 0, [])
         documents, _ = stages.mask(stages.parse(extracted, spec).documents)
-        texts += [c.text for c in stages.chunk(documents, Chunker(spec, embedder.count_tokens))]
+        texts += [c.text for c in stages.chunk(documents, Chunker(spec, embedder))]
     started = time.perf_counter()
     embedder.embed_passages(texts)
     return len(texts), time.perf_counter() - started

@@ -130,3 +130,15 @@ def test_pgvector_document_frequencies_follow_every_write(postgres_url: str, emb
     assert [h.doc_id for h in index.sparse_search("dfs", query_terms("kafka partitions"), 3)] == ["kafka.md"]
     index.drop_collection("dfs")
     index.close()
+
+
+def test_a_new_embedding_dimension_replaces_the_collection(index: VectorIndex, embedder) -> None:  # type: ignore[no-untyped-def]
+    index.write("contract", points(embedder, TEXTS), [])
+    index.ensure_collection("contract", 384)
+    assert index.count("contract") == 3  # same model: kept
+    index.ensure_collection("contract", 512)
+    assert index.count("contract") == 0
+    vector = np.ones(512, dtype=np.float32) / np.sqrt(512)
+    index.write("contract", [IndexPoint(chunk_id("contract", "x.md", 0), "x.md", "v1", 0, "h", "text", {}, vector,
+                                        bm25_document_vector("text", 20))], [])  # fmt: skip
+    assert [h.doc_id for h in index.dense_search("contract", vector, 3)] == ["x.md"]

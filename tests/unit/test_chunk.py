@@ -10,7 +10,7 @@ def spec(size: int, overlap: int, splitter: str = "prose") -> CollectionSpec:
 def test_chunks_respect_the_token_budget_and_overlap(embedder) -> None:  # type: ignore[no-untyped-def]
     sentences = " ".join(f"Sentence number {i} describes how the gateway retries acquirer calls." for i in range(200))
     doc = ParsedDocument("d.md", "h", (Section(sentences, ("Guide", "Retries")),), {"path": "d.md"})
-    chunks = Chunker(spec(128, 16), embedder.count_tokens).chunk(doc)
+    chunks = Chunker(spec(128, 16), embedder).chunk(doc)
     assert len(chunks) > 10
     assert all(c.token_count <= 128 for c in chunks)
     assert all(c.text.startswith("Guide > Retries\n\n") for c in chunks)
@@ -33,6 +33,6 @@ def test_code_units_stay_whole_and_imports_join_the_next_unit(embedder) -> None:
          Section("def b():\n    return 2\n", metadata={"symbol": "b"})),
         {"language": "python"},
     )  # fmt: skip
-    chunks = Chunker(spec(256, 25, "code"), embedder.count_tokens).chunk(doc)
+    chunks = Chunker(spec(256, 25, "code"), embedder).chunk(doc)
     assert [c.metadata.get("symbol") for c in chunks] == ["a", "b"]
     assert chunks[0].text.startswith("m.py\n\nimport os")
