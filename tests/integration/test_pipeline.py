@@ -61,13 +61,14 @@ def test_switching_the_embedding_model_reembeds_every_chunk_in_the_new_space(
     spec = collection(sample_specs, "runbooks", sample_copy / "runbooks")
     res = resources(postgres_url, tmp_path / "data")
     first = run(spec, res)
-    res["embedder"] = EmbedderResource(**EmbeddingSettings(backend="use-multilingual").resource_fields())
+    multilingual = EmbeddingSettings(backend="use-multilingual")
+    res["embedder"] = EmbedderResource(**multilingual.resource_fields())
     switched = run(spec, res)
     # No vector of the old model is reused (same texts, other model), and the table now holds 512 dimensions.
     assert (switched["embedded"], switched["chunks"]) == (first["chunks"], first["chunks"])
     index = PgVectorIndex(postgres_url)
     try:
-        vector = EmbeddingSettings(backend="use-multilingual").load().embed_queries(["Как устранить отставание потребителей Kafka?"])[0]
+        vector = multilingual.load().embed_queries(["Как устранить отставание потребителей Kafka?"])[0]
         assert index.dense_search(spec.name, vector, 1)[0].doc_id == "kafka-consumer-lag.md"
     finally:
         index.close()
