@@ -7,6 +7,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,16 @@ def _measure(name: str, specs: list[CollectionSpec], resources: dict[str, Any], 
     }
 
 
+def _bench_resources(url: str, work: Path) -> dict[str, Any]:
+    """Dagster resources on the bench's private database and scratch folder."""
+    return {
+        "index": IndexResource(database_url=url),
+        "embedder": EmbedderResource(**EmbeddingSettings().resource_fields()),
+        "storage": StorageResource(data_dir=str(work / "data")),
+        "events": EventQueueResource(database_url=url),
+    }
+
+
 def run_ingest_benchmark(target_chunks: int, console: Console) -> dict[str, Any]:
     """The sample knowledge base and a generated corpus, each on a fresh index in a private embedded
     PostgreSQL (pgvector, the default backend)."""
@@ -90,12 +101,7 @@ def run_ingest_benchmark(target_chunks: int, console: Console) -> dict[str, Any]
     server = EmbeddedPostgres(work / "postgres", port=free_port())
     url = server.start()
     embedding = EmbeddingSettings()
-    resources = {
-        "index": IndexResource(database_url=url),
-        "embedder": EmbedderResource(**embedding.resource_fields()),
-        "storage": StorageResource(data_dir=str(work / "data")),
-        "events": EventQueueResource(database_url=url),
-    }
+    resources = _bench_resources(url, work)
     try:
         samples = load_specs(PlatformSettings().collections_file, PROJECT_ROOT)
         results = {"sample_knowledge_base": _measure("samples", samples, resources, console)}
@@ -210,9 +216,6 @@ def run_query_benchmark(
     """p50/p95 per retrieval stage (embed, search, fuse, rerank) by index size and concurrent clients;
     the API's overhead: /v1/query (answer=false) against the same retrieval in-process; and, with an LLM
     model, time to first token and tokens/s through /v1/chat/completions against the LLM server direct."""
-    import os
-    import subprocess
-    import sys
     from concurrent.futures import ThreadPoolExecutor
 
     import yaml
@@ -257,6 +260,7 @@ def run_query_benchmark(
                         timings.extend(part)
                 stages_ = ("embed_ms", "dense_search_ms", "sparse_search_ms", "search_ms", "fuse_ms", "rerank_ms", "retrieval_ms")
                 by_clients[f"{n_clients}_clients"] = {s: _percentiles([t[s] for t in timings]) for s in stages_}
+            by_clients["bm25_candidates"] = _pruning_agreement(url, collection, questions)
             results["sizes"][str(size)] = by_clients
         # API overhead on the largest index, one client: the same retrieval through uvicorn + FastAPI.
         size = sizes[-1]
@@ -266,39 +270,89 @@ def run_query_benchmark(
                 {"collections": {f"bench_q{size}": {"chunk_tokens": 64, "chunk_overlap": 8, "source": {"path": str(work)}}}}
             )
         )
-        port = free_port()
-        llm_settings = LLMSettings()
         runtime = Platform(PlatformSettings(), PostgresSettings(), IndexSettings())
-        env = {**os.environ, "DATABASE_URL": url, "KB_COLLECTIONS_FILE": str(config), "KB_API_PORT": str(port)}
-        llm_url = None
-        if llm_model is not None and llm_questions > 0:
-            llm_port = free_port()
-            llm_url = runtime.start_llm(llm_model, llm_settings.model, llm_port, llm_settings.context_window,
-                                        llm_settings.threads, work / "logs")  # fmt: skip
-            env |= {"KB_LLM_BACKEND": "embedded", "KB_LLM_PORT": str(llm_port), "KB_LLM_BASE_URL": llm_url}
-        api = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", "--port", str(port), "--log-level", "warning"],
-            env=env,
-            cwd=PROJECT_ROOT,
-        )
         try:
-            base = f"http://127.0.0.1:{port}"
-            runtime.wait_for(f"{base}/healthz", "the API", timeout=120)
-            engine = AnswerEngine(PgVectorIndex(url), embedder, [f"bench_q{size}"], EvidenceReranker(), None,
-                                  llm_settings.context_window, llm_settings.max_answer_tokens)  # fmt: skip
+            base = _start_api(runtime, work, {"DATABASE_URL": url, "KB_COLLECTIONS_FILE": str(config)})
+            engine = AnswerEngine(PgVectorIndex(url), embedder, [f"bench_q{size}"], EvidenceReranker(), None)
             results["api_overhead"] = _api_overhead(base, engine, questions)
-            if llm_url is not None:
-                runtime.wait_for(f"{llm_url}/models", "the LLM server", timeout=300)
-                console.log(f"LLM: {llm_questions} answers through the API and direct")
-                results["llm"] = _llm_through_api(base, llm_url, engine, questions[:llm_questions], llm_settings)
         finally:
-            api.terminate()
-            api.wait(timeout=30)
             runtime.stop()
+        if llm_model is not None and llm_questions > 0:
+            results["llm"] = _llm_benchmark(url, work, llm_model, SAMPLE_QUESTIONS[:llm_questions], console)
         return results
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+# Questions the sample knowledge base answers, in the three languages the assistant speaks.
+SAMPLE_QUESTIONS = [
+    "How do I handle consumer lag on the payments events Kafka topic?",
+    "What happened in the Redis failover incident and what was changed afterwards?",
+    "How is the card gateway TLS certificate renewed?",
+    "Как безопасно перезапустить расчётный батч?",
+    "通知服务积压时应该怎么处理?",
+    "What does the ledger service do when reconciliation finds a mismatch?",
+    "Which resources limit the gateway-core deployment in Kubernetes?",
+    "How are idempotency keys used in the payments API?",
+]
+
+
+def _start_api(runtime: Platform, work: Path, env: dict[str, str]) -> str:
+    """The API as `kb up` starts it, on a free port, with `env` on top of this process's environment."""
+    port = free_port()
+    base = runtime.start_api(port, work / "logs", env)
+    runtime.wait_for(f"{base}/healthz", "the API", timeout=120)
+    return base
+
+
+def _llm_benchmark(url: str, work: Path, llm_model: Path, questions: list[str], console: Console) -> dict[str, Any]:
+    """Time to first token and tokens/s of answers on the sample knowledge base (ingested into the bench's
+    database), through the chat API and with the same prompts sent to the LLM server directly."""
+    from assets.index import PgVectorIndex
+    from query_engine.engine import AnswerEngine
+    from query_engine.rerank import default_reranker
+
+    embedding, llm = EmbeddingSettings(), LLMSettings()
+    samples = load_specs(PlatformSettings().collections_file, PROJECT_ROOT)
+    console.log("LLM: ingesting the sample knowledge base")
+    ingest_collections(samples, _bench_resources(url, work), dg.DagsterInstance.ephemeral())
+    runtime = Platform(PlatformSettings(), PostgresSettings(), IndexSettings())
+    try:
+        llm_port = free_port()
+        llm_url = runtime.start_llm(llm_model, llm.model, llm_port, llm.context_window, llm.threads, work / "logs")
+        runtime.wait_for(f"{llm_url}/models", "the LLM server", timeout=300)
+        base = _start_api(runtime, work, {"DATABASE_URL": url, "KB_LLM_BACKEND": "embedded", "KB_LLM_PORT": str(llm_port)})
+        engine = AnswerEngine(PgVectorIndex(url), embedding.load(), [s.name for s in samples], default_reranker(), None,
+                              llm.context_window, llm.max_answer_tokens, dense_languages=embedding.languages)  # fmt: skip
+        console.log(f"LLM: {len(questions)} answers through the API and direct ({llm.model})")
+        return {"model": llm.model, **_llm_through_api(base, llm_url, engine, questions, llm)}
+    finally:
+        runtime.stop()
+
+
+def _pruning_agreement(url: str, collection: str, questions: list[str]) -> dict[str, Any]:
+    """BM25 with rare-term candidates (the default) against exact scoring of every chunk that holds any
+    query term: latency of each, and the share of the exact top 10 that the default keeps."""
+    from assets.index import PgVectorIndex
+    from assets.sparse import query_terms
+
+    runs: dict[str, tuple[list[list[str]], list[float]]] = {}
+    for name, index in (("default", PgVectorIndex(url)), ("exact", PgVectorIndex(url, common_term_share=1.0))):
+        ranked, times = [], []
+        for question in questions:
+            started = time.perf_counter()
+            hits = index.sparse_search(collection, query_terms(question), 50)
+            times.append((time.perf_counter() - started) * 1000)
+            ranked.append([h.chunk_id for h in hits[:10]])
+        index.close()
+        runs[name] = (ranked, times)
+    kept = [len(set(d) & set(e)) / max(len(e), 1) for d, e in zip(runs["default"][0], runs["exact"][0], strict=True)]
+    return {
+        "default_ms": _percentiles(runs["default"][1]),
+        "exact_ms": _percentiles(runs["exact"][1]),
+        "exact_top10_kept": round(sum(kept) / max(len(kept), 1), 3),
+    }
 
 
 def _api_overhead(base: str, engine: Any, questions: list[str]) -> dict[str, Any]:
@@ -322,12 +376,13 @@ def _api_overhead(base: str, engine: Any, questions: list[str]) -> dict[str, Any
     }
 
 
-def _timed_stream(chunks: Any) -> tuple[float | None, float, str]:
-    """(seconds to the first text, seconds to the last, the text) of a stream of OpenAI chat chunks."""
+def _timed_stream(request: Callable[[], Any]) -> tuple[float | None, float, str]:
+    """(seconds to the first text, seconds to the last, the text) of a streamed OpenAI chat request,
+    timed from before the request is sent (a server may hold back its headers until the first token)."""
     started = time.perf_counter()
     first: float | None = None
     parts = []
-    for chunk in chunks:
+    for chunk in request():
         text = chunk.choices[0].delta.content if chunk.choices else None
         if text:
             first = first if first is not None else time.perf_counter() - started
@@ -355,19 +410,19 @@ def _llm_through_api(base: str, llm_url: str, engine: Any, questions: list[str],
     rows: list[dict[str, float]] = []
     for question in questions:
         ttft_api, total_api, text_api = _timed_stream(
-            api.chat.completions.create(model="default", messages=[{"role": "user", "content": question}], stream=True)
+            lambda: api.chat.completions.create(model="default", messages=[{"role": "user", "content": question}], stream=True)  # noqa: B023
         )
         retrieval = engine.retrieve(question)
         messages: list[Any] = [{"role": m.role.value, "content": m.content or ""} for m in engine.messages(question, retrieval)]
         ttft_direct, total_direct, text_direct = _timed_stream(
-            direct.chat.completions.create(
+            lambda: direct.chat.completions.create(
                 model=llm.model,
-                messages=messages,
+                messages=messages,  # noqa: B023 - called at once, inside this iteration
                 stream=True,
                 temperature=0,
                 max_tokens=llm.max_answer_tokens,
                 extra_body={"cache_prompt": False},
-            )  # fmt: skip
+            )
         )
         if ttft_api is None or ttft_direct is None or not retrieval.answerable:
             continue  # the API refused without an LLM call: nothing to compare

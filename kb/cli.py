@@ -285,8 +285,8 @@ def eval_retrieval(
     collection: Annotated[str | None, typer.Option(help="Whose chunking to use when meta.json does not say.")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N queries (quick runs).")] = None,
     backend: Annotated[
-        str, typer.Option(help="Scratch index: qdrant (local mode, exact) or pgvector (the default platform's).")
-    ] = "qdrant",
+        str, typer.Option(help="Scratch index: pgvector (the platform default, embedded PostgreSQL) or qdrant (local mode).")
+    ] = "pgvector",
     as_json: JsonFlag = False,
 ) -> None:
     """BM25, dense, hybrid and hybrid+rerank on one set, in one run, through the project's own pipeline."""
@@ -302,7 +302,7 @@ def eval_retrieval(
                                     backend)  # type: ignore[arg-type]  # fmt: skip
     except DatasetError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    tags = tuple(t for t in (embedding.backend, backend) if t not in ("flagembedding", "qdrant"))
+    tags = tuple(t for t in (embedding.backend, backend) if t not in ("flagembedding", "pgvector"))
     result["results_file"] = str(write_result("retrieval", result["dataset"], result, tags))
     _emit(result, as_json)
 

@@ -87,10 +87,11 @@ class Platform:
                                                  "-p", str(self.platform.dagster_port), "-w", workspace], log_dir)  # fmt: skip
         self.start_process("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", workspace], log_dir)
 
-    def start_process(self, name: str, command: list[str], log_dir: Path) -> None:
-        """A server process of the platform, logging to `<log_dir>/<name>.log`, stopped with the platform."""
+    def start_process(self, name: str, command: list[str], log_dir: Path, env: dict[str, str] | None = None) -> None:
+        """A server process of the platform, logging to `<log_dir>/<name>.log`, stopped with the platform;
+        `env` adds to (or overrides) the environment it inherits."""
         log_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **dagster_environment(self.platform, self.postgres)}
+        env = {**os.environ, **dagster_environment(self.platform, self.postgres), **(env or {})}
         log = (log_dir / f"{name}.log").open("ab")
         self._processes.append(
             subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -121,7 +122,7 @@ class Platform:
         )
         return f"http://{self.platform.host}:{port}/v1"
 
-    def start_api(self, port: int, log_dir: Path) -> str:
+    def start_api(self, port: int, log_dir: Path, env: dict[str, str] | None = None) -> str:
         self.start_process(
             "api",
             [
@@ -137,6 +138,7 @@ class Platform:
                 "--no-access-log",
             ],
             log_dir,
+            env,
         )
         return f"http://{self.platform.host}:{port}"
 

@@ -68,6 +68,7 @@ def test_common_terms_score_but_do_not_select_candidates() -> None:
 
     frequencies = {1: 900, 2: 30, 3: 40, 4: 0}  # in 1,000 chunks: one common term, two rare, one unseen
     assert sorted(candidate_terms(frequencies, 1000, 50)) == [2, 3]
-    # Too few chunks hold the rare terms to fill the list: every present term selects.
+    # Too few chunks hold the rare terms to fill the list: the next rarest terms join until it can fill.
     assert sorted(candidate_terms(frequencies, 1000, 100)) == [1, 2, 3]
+    assert sorted(candidate_terms({1: 900, 2: 600, 3: 30}, 1000, 100)) == [2, 3]
     assert candidate_terms({1: 900}, 1000, 10) == [1]
