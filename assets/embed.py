@@ -9,12 +9,10 @@ from abc import ABC, abstractmethod
 from functools import cache
 from importlib.metadata import version
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
-EmbeddingBackend = Literal["flagembedding", "use-multilingual"]
 BACKENDS: tuple[str, ...] = ("flagembedding", "use-multilingual")
 
 

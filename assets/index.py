@@ -152,13 +152,13 @@ class PgVectorIndex(VectorIndex):
         self._pool = ConnectionPool(
             url, min_size=1, max_size=max_connections, kwargs={"autocommit": True}, configure=self._configure, open=True
         )
-        with self._pool.connection() as conn:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        self._pool.wait()  # an unreachable database fails here, not at the first query
 
     @staticmethod
     def _configure(conn: Any) -> None:
         from pgvector.psycopg import register_vector
 
+        # Before register_vector, which needs the type; on every new connection, so a fresh database works.
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         register_vector(conn)
         # Enough HNSW candidates for the fused top-k, and iterative scans so filtered queries still fill k.
@@ -262,8 +262,8 @@ class PgVectorIndex(VectorIndex):
                 return
             # Inserting row by row into an HNSW graph dominates large loads; for a bulk load into a table
             # no bigger than the load, building the graph once afterwards is several times faster.
-            total = cur.execute(f"SELECT count(*) FROM {t}").fetchone()
-            rebuild = len(upserts) >= BULK_LOAD_ROWS and len(upserts) >= (total[0] if total else 0)
+            bulk = len(upserts) >= BULK_LOAD_ROWS
+            rebuild = bulk and len(upserts) >= (cur.execute(f"SELECT count(*) FROM {t}").fetchone() or (0,))[0]
             if rebuild:
                 cur.execute(f"DROP INDEX IF EXISTS {t}_hnsw")
             cur.execute(

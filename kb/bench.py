@@ -416,6 +416,8 @@ def _llm_through_api(base: str, llm_url: str, engine: Any, questions: list[str],
             lambda: api.chat.completions.create(model="default", messages=[{"role": "user", "content": question}], stream=True)  # noqa: B023
         )
         retrieval = engine.retrieve(question)
+        if ttft_api is None or not retrieval.answerable:
+            continue  # refused without an LLM call: nothing to compare
         messages: list[Any] = [{"role": m.role.value, "content": m.content or ""} for m in engine.messages(question, retrieval)]
         ttft_direct, total_direct, text_direct = _timed_stream(
             lambda: direct.chat.completions.create(
@@ -427,8 +429,8 @@ def _llm_through_api(base: str, llm_url: str, engine: Any, questions: list[str],
                 extra_body={"cache_prompt": False},
             )
         )
-        if ttft_api is None or ttft_direct is None or not retrieval.answerable:
-            continue  # the API refused without an LLM call: nothing to compare
+        if ttft_direct is None:
+            continue
         rows.append({
             "ttft_api_ms": ttft_api * 1000, "ttft_direct_ms": ttft_direct * 1000,
             "tokens_per_s_api": tokens(text_api) / max(total_api - ttft_api, 1e-3),

@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -285,7 +285,8 @@ def eval_retrieval(
     collection: Annotated[str | None, typer.Option(help="Whose chunking to use when meta.json does not say.")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N queries (quick runs).")] = None,
     backend: Annotated[
-        str, typer.Option(help="Scratch index: pgvector (the platform default, embedded PostgreSQL) or qdrant (local mode).")
+        Literal["pgvector", "qdrant"],
+        typer.Option(help="Scratch index: pgvector (the platform default, embedded PostgreSQL) or qdrant (local mode)."),
     ] = "pgvector",
     as_json: JsonFlag = False,
 ) -> None:
@@ -294,12 +295,9 @@ def eval_retrieval(
     from evals.datasets import DatasetError
     from evals.suite import evaluate_retrieval
 
-    if backend not in ("qdrant", "pgvector"):
-        raise typer.BadParameter(f"unknown backend {backend!r}: qdrant or pgvector")
     platform, _, _, embedding = _settings()
     try:
-        result = evaluate_retrieval(dataset, variant, corpus_variant, collection, limit, platform, embedding, console,
-                                    backend)  # type: ignore[arg-type]  # fmt: skip
+        result = evaluate_retrieval(dataset, variant, corpus_variant, collection, limit, platform, embedding, console, backend)
     except DatasetError as exc:
         raise typer.BadParameter(str(exc)) from exc
     tags = tuple(t for t in (embedding.backend, backend) if t not in ("flagembedding", "pgvector"))

@@ -12,7 +12,7 @@ from typing import Self
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from assets.embed import BACKENDS, Embedder, embedder_fingerprint, load_embedder
+from assets.embed import BACKENDS, Embedder, load_embedder
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,9 +96,6 @@ class EmbeddingSettings(BaseSettings):
     def load(self) -> Embedder:
         """The configured model, loaded once per process."""
         return load_embedder(self.backend, str(self.model_dir), self.pooling, self.batch_size, self.max_length)
-
-    def fingerprint(self) -> str:
-        return embedder_fingerprint(self.backend, self.model_dir, self.pooling)
 
 
 class LLMSettings(BaseSettings):

@@ -8,6 +8,7 @@ from pydantic import ValidationError
 
 from assets.embed import UniversalSentenceEncoder, load_embedder
 from kb.settings import EmbeddingSettings
+from pipelines.resources import EmbedderResource
 
 PASSAGES = [
     "Consumer lag on the payments topic: scale the Kafka consumer group up to the partition count.",
@@ -42,6 +43,7 @@ def test_embedding_settings_choose_languages_by_backend() -> None:
     assert EmbeddingSettings().languages == ["en"]
     assert EmbeddingSettings(backend="use-multilingual").languages == ["en", "ru", "zh"]
     assert EmbeddingSettings(backend="use-multilingual", languages=["en"]).languages == ["en"]
-    assert EmbeddingSettings(backend="use-multilingual").fingerprint().startswith("use-multilingual-v3-")
+    resource = EmbedderResource(**EmbeddingSettings(backend="use-multilingual").resource_fields())
+    assert resource.fingerprint().startswith("use-multilingual-v3-")
     with pytest.raises(ValidationError, match="KB_EMBEDDING_BACKEND"):
         EmbeddingSettings(backend="word2vec")
