@@ -4,7 +4,7 @@ UV := python3 -m uv
 export HF_HUB_OFFLINE := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup browser up test test-fast lint bench eval
+.PHONY: setup browser docker up test test-fast lint bench eval
 
 # All extras: the 1.5B model parts (`kb up`) and the 0.5B ones (tests); uv sync is exact, so one set for both.
 .venv/.synced: pyproject.toml uv.lock
@@ -18,10 +18,14 @@ setup: .venv/.synced
 browser:
 	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
+# Debian's Docker Engine and a static busybox for the swarm tests (tests/docker_swarm.py starts its own dockerd).
+docker:
+	command -v dockerd >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io busybox-static >/dev/null)
+
 up: setup
 	$(UV) run --frozen kb up
 
-test: setup browser
+test: setup browser docker
 	$(UV) run --frozen pytest
 
 test-fast: setup

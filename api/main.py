@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -11,6 +12,8 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from api.routes import chat, health, query, sessions, webhooks
 from api.state import AppState, build_state, static_dir
+from connectors.docs import build_kb_server
+from query_engine.knowledge import EngineKnowledgeBase
 
 
 def _error(status: int, message: str, kind: str) -> JSONResponse:
@@ -24,7 +27,12 @@ def create_app(state: AppState | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.kb = state or build_state()
-        yield
+        await app.state.kb.start_connectors()
+        try:
+            async with kb_mcp.session_manager.run():
+                yield
+        finally:
+            await app.state.kb.stop_connectors()
 
     app = FastAPI(
         title="kb", description="Answers with sources from the team's knowledge base.", version="0.1.0", lifespan=lifespan
@@ -54,4 +62,27 @@ def create_app(state: AppState | None = None) -> FastAPI:
 
     for module in (chat, query, sessions, webhooks, health):
         app.include_router(module.router)
+    # The knowledge base as an MCP server (streamable HTTP) for IDE agents, next to the HTTP API.
+    kb_mcp = build_kb_server(LazyKnowledgeBase(app))
+    app.router.routes.extend(kb_mcp.streamable_http_app(streamable_http_path="/mcp").routes)
     return app
+
+
+class LazyKnowledgeBase:
+    """The app's knowledge base, resolved per call: the engine is built in the lifespan, after routes."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    def _kb(self) -> EngineKnowledgeBase:
+        return self.app.state.kb.knowledge  # type: ignore[no-any-return]
+
+    def collections(self) -> list[dict[str, Any]]:
+        return self._kb().collections()
+
+    def search(self, query: str, collections: list[str] | None, filters: dict[str, str | list[str]] | None,
+               top_k: int) -> list[dict[str, Any]]:  # fmt: skip
+        return self._kb().search(query, collections, filters, top_k)
+
+    def document(self, collection: str, path: str) -> list[dict[str, Any]] | None:
+        return self._kb().document(collection, path)

@@ -39,6 +39,8 @@ class QueryRequest(BaseModel):
     collections: list[str] | None = None
     filters: dict[str, str | list[str]] | None = None
     answer: bool = Field(default=True, description="False: sources and timings only, no LLM call.")
+    agent: bool = Field(default=False, description="True: answer through the agent (live connectors and the knowledge base).")
+    user: str | None = Field(default=None, max_length=200)
 
 
 class Source(BaseModel):
@@ -60,3 +62,4 @@ class QueryResponse(BaseModel):
     timings: dict[str, float]
     language: str
     error: str | None = None
+    steps: list[dict[str, Any]] | None = Field(default=None, description="Tool calls of an agent answer.")

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from llama_index.core.llms import LLM
 
 from assets.collections import CollectionSpec, load_specs
 from assets.index import PgVectorIndex, QdrantIndex, VectorIndex
+from connectors.config import ConnectorsConfig, load_connectors
 from kb.settings import APISettings, EmbeddingSettings, IndexSettings, LLMSettings, PlatformSettings, PostgresSettings
 from pipelines.definitions import database_url
+from query_engine.agent import Agent
 from query_engine.engine import AnswerEngine
+from query_engine.knowledge import EngineKnowledgeBase
 from query_engine.llm import build_llm
 from query_engine.memory import SessionStore, migrate
 from query_engine.rerank import default_reranker
+from query_engine.routing import TASKS
+from query_engine.tools.guard import Guard, PostgresCallLog
+from query_engine.tools.mcp_client import ConnectorClients
 
 
 @dataclass
@@ -28,10 +37,49 @@ class AppState:
     sessions: SessionStore
     database_url: str
     llm_base_url: str
+    connectors: ConnectorsConfig = field(default_factory=ConnectorsConfig)
+    guard: Guard | None = None
+    clients: ConnectorClients | None = None
+    agent: Agent | None = None
+
+    @property
+    def knowledge(self) -> EngineKnowledgeBase:
+        return EngineKnowledgeBase(self.engine, self.specs)
+
+    async def start_connectors(self) -> None:
+        """One MCP session per live connector; the agent answers chat once any is on."""
+        if self.guard is None:
+            self.guard = Guard(self.connectors, PostgresCallLog(self.database_url))
+        if not self.connectors.live() or self.engine.llm is None:
+            return
+        self.clients = await ConnectorClients(self.connectors, connectors_file()).start()
+        for name, reason in self.clients.failed.items():
+            logging.getLogger(__name__).error("connector %s did not start: %s", name, reason)
+        llm = self.llm_settings
+        self.agent = Agent(self.engine.llm, self.knowledge, self.clients.tools, self.guard,
+                           context_window=llm.context_window, max_answer_tokens=llm.max_answer_tokens)  # fmt: skip
+
+    async def stop_connectors(self) -> None:
+        if self.clients is not None:
+            await self.clients.aclose()
+
+    _llms: dict[str, LLM] = field(default_factory=dict)
 
     @property
     def model_names(self) -> list[str]:
-        return ["default", self.llm_settings.model]
+        """'default' (routed per task), the task routes, and every model a route names."""
+        routes = self.llm_settings.route_table()
+        return list(dict.fromkeys(["default", *TASKS, self.llm_settings.model, *routes.values()]))
+
+    def llm_for(self, model: str) -> LLM | None:
+        """The LLM client for a model name on the configured server, one per name."""
+        if model == self.llm_settings.model:
+            return self.engine.llm
+        if model not in self._llms:
+            s = self.llm_settings
+            self._llms[model] = build_llm(s.backend, self.llm_base_url, model, s.api_key, s.context_window, s.max_answer_tokens,
+                                          s.timeout_s)  # fmt: skip
+        return self._llms[model]
 
     def llm_reachable(self) -> bool:
         url = self.llm_base_url.rstrip("/") + ("/api/tags" if self.llm_settings.backend == "ollama" else "/models")
@@ -63,7 +111,14 @@ def build_state() -> AppState:
     reranker = default_reranker(str(api.reranker_model_dir) if api.reranker_model_dir else None)
     engine = AnswerEngine(index, embedder, [s.name for s in specs], reranker, llm, llm_settings.context_window,
                           llm_settings.max_answer_tokens, dense_languages=embedding.languages)  # fmt: skip
-    return AppState(platform, api, llm_settings, specs, index, engine, SessionStore(url), url, base_url)
+    return AppState(platform, api, llm_settings, specs, index, engine, SessionStore(url), url, base_url,
+                    load_connectors(connectors_file()))  # fmt: skip
+
+
+def connectors_file() -> Path | None:
+    """The file the connectors' servers read too: KB_CONNECTORS_FILE, else the repository's connectors.yaml."""
+    path = Path(os.environ.get("KB_CONNECTORS_FILE") or Path(__file__).resolve().parent.parent / "connectors.yaml")
+    return path if path.exists() else None
 
 
 def static_dir() -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Self
 
@@ -49,6 +50,13 @@ class ConnectorConfig(BaseModel):
         "remove it when pointing at a real system.",
     )
 
+    @model_validator(mode="after")
+    def _positive_limits(self) -> Self:
+        # Subclasses redeclare the defaults, which drops the bounds of the base field: check them here.
+        if self.rate_limit_per_minute < 1 or self.cache_ttl_seconds < 0 or self.timeout_seconds <= 0:
+            raise ValueError("rate_limit_per_minute must be ≥ 1, cache_ttl_seconds ≥ 0 and timeout_seconds > 0")
+        return self
+
     @property
     def enabled(self) -> bool:
         return bool(self.url)
@@ -69,6 +77,11 @@ class KubernetesConfig(ConnectorConfig):
     cache_ttl_seconds: float = 60
     namespaces: AllowDeny = Field(default_factory=lambda: AllowDeny(allow=["production", "staging"], deny=["kube-system"]))
     max_log_lines: int = Field(default=500, ge=1, description="Upper bound on tail lines of one pod log.")
+    recorded_now: datetime | None = Field(
+        default=None,
+        description="A fixed 'now' for recorded payloads (with `replay`): the time windows of `events` end there; "
+        "unset: the real clock.",
+    )
 
 
 class SwarmConfig(ConnectorConfig):
@@ -91,6 +104,10 @@ class LokiConfig(ConnectorConfig):
     namespaces: AllowDeny | None = Field(
         default=None, description="Namespaces a LogQL selector may name; unset: the kubernetes connector's lists."
     )
+    recorded_now: datetime | None = Field(
+        default=None,
+        description="A fixed 'now' for recorded streams (with `replay`): every query's range ends there; unset: the real clock.",
+    )
 
 
 class CicdConfig(ConnectorConfig):
@@ -100,6 +117,7 @@ class CicdConfig(ConnectorConfig):
     cache_ttl_seconds: float = 30
     argocd_url: str | None = None
     argocd_token_env: str | None = None
+    argocd_replay: str | None = Field(default=None, description="Recorded ArgoCD payloads `kb up` serves at argocd_url.")
     repos: AllowDeny | None = Field(default=None, description="Repositories whose builds may be read; unset: gitea's list.")
 
     @property
@@ -174,6 +192,14 @@ class ConnectorsConfig(BaseModel):
 
 
 OURS = ("gitea", "kubernetes", "swarm", "loki", "cicd", "docs")
+
+
+def replayed_systems(config: ConnectorsConfig) -> list[tuple[str, str]]:
+    """(url, folder) of every recorded system the configuration asks `kb up` to serve."""
+    pairs = [(c.url, c.replay) for c in (config.gitea, config.kubernetes, config.loki, config.cicd) if c.url and c.replay]
+    if config.cicd.argocd_url and config.cicd.argocd_replay:
+        pairs.append((config.cicd.argocd_url, config.cicd.argocd_replay))
+    return list(dict.fromkeys(pairs))
 
 
 def parse_connectors(data: dict[str, Any] | None) -> ConnectorsConfig:

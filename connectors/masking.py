@@ -9,11 +9,9 @@ from assets.mask import mask_secrets
 
 _SECRET_NAME = r"[A-Za-z0-9_.-]*(?:PASSWORD|PASSWD|TOKEN|KEY|SECRET|CREDENTIALS?)[A-Za-z0-9_]*"
 # NAME=value (env lists, Docker's Env, shell), NAME: value (YAML), "NAME": "value" (JSON objects).
-_ASSIGNED = re.compile(rf"(?i)(?<![\w-])({_SECRET_NAME})(\"?\s*[=:]\s*\"?)(?!\[MASKED:)([^\s\"',;}}\]]+)")
+_ASSIGNED = re.compile(rf"(?i)(?<![\w-])({_SECRET_NAME})(\"?\s*[=:]\s*\"?)(?!\[MASKED:)([^\s\"',;}}\]\\]+)")
 # Kubernetes env entries: {"name": "DB_PASSWORD", "value": "…"} and its YAML twin.
-_NAME_VALUE = re.compile(
-    rf"(?i)(\"?name\"?\s*:\s*\"?{_SECRET_NAME}\"?\s*,?\s*\"?value\"?\s*:\s*\"?)(?!\[MASKED:)([^\"\n,}}]+)"
-)
+_NAME_VALUE = re.compile(rf"(?i)(\"?name\"?\s*:\s*\"?{_SECRET_NAME}\"?\s*,?\s*\"?value\"?\s*:\s*\"?)(?!\[MASKED:)([^\"\n,}}]+)")
 
 
 def mask_output(text: str) -> str:

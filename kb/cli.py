@@ -127,6 +127,7 @@ def up(
     """Start the platform on loopback: PostgreSQL + pgvector, Dagster webserver and daemon, the LLM server and the API."""
     import dagster as dg
 
+    from connectors.config import load_connectors, replayed_systems
     from kb.ingest import ingest_collections
     from kb.platform import Platform
     from kb.settings import APISettings, LLMSettings
@@ -163,6 +164,10 @@ def up(
                 task = progress.add_task("materializing collections", total=len(specs))
                 report = ingest_collections(specs, resources, dg.DagsterInstance.get(), on_done=lambda _: progress.advance(task))
             console.print_json(data=report)
+        replays = replayed_systems(load_connectors())
+        if replays:
+            runtime.start_replays(replays, logs)
+            console.print(f"[bold]Recorded systems[/] {', '.join(u for u, _ in replays)} (connectors.yaml replay keys)")
         with console.status("starting the API"):
             if llm.backend == "embedded":
                 runtime.wait_for(f"{llm_url}/models", "the LLM server", timeout=300)
@@ -210,30 +215,54 @@ def models(as_json: JsonFlag = False) -> None:
 def ask(
     question: Annotated[str, typer.Argument(help="The question, in English, Russian or Chinese.")],
     collection: Annotated[list[str] | None, typer.Option("--collection", "-c", help="Search only these collections.")] = None,
+    agent: Annotated[bool, typer.Option("--agent/--no-agent", help="Use the live connectors too (connectors.yaml).")] = True,
     api_url: Annotated[str | None, typer.Option(help="Ask a running API instead of answering in this process.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Answer one question with sources and timings: {answer, sources, timings}."""
+    """Answer one question with sources, tool steps and timings: {answer, sources, steps, timings}."""
     import httpx
 
     from kb.settings import APISettings
 
     url = api_url or f"http://{_settings()[0].host}:{APISettings().port}"
+    payload = {"question": question, "collections": collection, "agent": agent and not collection}
     try:
-        response = httpx.post(f"{url}/v1/query", json={"question": question, "collections": collection}, timeout=300)
+        response = httpx.post(f"{url}/v1/query", json=payload, timeout=600)
+        if response.status_code == 400 and "agent" in response.text:  # no live connector: the knowledge base alone
+            response = httpx.post(f"{url}/v1/query", json={**payload, "agent": False}, timeout=600)
     except httpx.HTTPError as exc:
         raise typer.BadParameter(f"the API at {url} is not reachable ({exc}); start it with `kb up`") from exc
     body = response.json()
     if response.status_code != 200:
         console.print(f"[red]{body.get('detail', body)}[/]")
         raise typer.Exit(1)
-    result = {"answer": body["answer"], "sources": body["sources"], "timings": body["timings"]}
+    result = {"answer": body["answer"], "sources": body["sources"], "steps": body.get("steps") or [], "timings": body["timings"]}
     if as_json:
         _emit(result, True)
-    else:
-        console.print(body["answer"] or body.get("error"))
-        for source in body["sources"]:
-            console.print(f"  [{source['n']}] {source['collection']}/{source['path']} (score {source['score']})")
+        return
+    for step in result["steps"]:
+        arguments = ", ".join(f"{k}={v}" for k, v in step["arguments"].items())
+        cached = " cached" if step["cached"] else ""
+        console.print(f"[dim]→ {step['connector']}.{step['tool']}({arguments}) {step['outcome']} {step['ms']:.0f} ms{cached}[/]")
+    console.print(body["answer"] or body.get("error"))
+    for source in body["sources"]:
+        console.print(f"[dim][{source['n']}] {source['collection']}/{source['path']}[/]")
+
+
+@app.command()
+def mcp() -> None:
+    """Serve the knowledge base as an MCP server over stdio (search, get_document, runbook, list_collections) for IDE agents.
+
+    Needs the platform's PostgreSQL (`kb up`) or DATABASE_URL; the API serves the same at /mcp over streamable HTTP."""
+    import contextlib
+    import sys
+
+    from api.state import build_state
+    from connectors.docs import build_kb_server
+
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the MCP protocol and nothing else
+        state = build_state()
+    build_kb_server(state.knowledge, state.connectors.docs).run("stdio")
 
 
 @webhook_app.command("enqueue")
@@ -360,6 +389,72 @@ def bench_query(
     model = _llm_model_path(platform, llm) if llm_questions and llm.backend == "embedded" else None
     result = run_query_benchmark([int(s) for s in sizes.split(",")], [int(c) for c in clients.split(",")], queries, console,
                                  model, llm_questions)  # fmt: skip
+    _emit(result, as_json)
+
+
+def _agent_scenarios(scenarios: Path | None, language: list[str] | None, limit: int | None) -> list[Any]:
+    from evals.agent import SCENARIOS_DIR, load_scenarios
+
+    scenarios = scenarios or SCENARIOS_DIR
+    try:
+        loaded = load_scenarios(scenarios)
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(f"--scenarios {scenarios}: {exc}") from exc
+    chosen = [s for s in loaded if not language or s.language in language]
+    return chosen[:limit] if limit else chosen
+
+
+@eval_app.command("agent")
+def eval_agent(
+    scenarios: Annotated[Path | None, typer.Option(help="Scenario YAML file or folder (default: evals/scenarios/agent).")] = None,
+    api_url: Annotated[str | None, typer.Option(help="The running API (default: the local one, `kb up`).")] = None,
+    language: Annotated[list[str] | None, typer.Option("--language", "-l", help="Only these languages (en, ru, zh).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N scenarios (quick runs).")] = None,
+    user: Annotated[str, typer.Option(help="The user the tool calls are recorded under.")] = "eval",
+    as_json: JsonFlag = False,
+) -> None:
+    """The agent on scripted questions about the live systems: tool choice, facts, leaks, refusals, latency."""
+    from rich.table import Table
+
+    from evals.agent import run_agent_eval
+    from evals.cli_support import write_result
+    from kb.settings import APISettings
+
+    chosen = _agent_scenarios(scenarios, language, limit)
+    url = api_url or f"http://{_settings()[0].host}:{APISettings().port}"
+    with console.status(f"asking {len(chosen)} questions through the agent at {url}"):
+        result = run_agent_eval(url, chosen, user=user)
+    result["results_file"] = str(write_result("agent", (scenarios or Path("scenarios")).stem, result))
+    if as_json:
+        _emit(result, True)
+        return
+    table = Table("id", "connectors", "facts", "leaks", "denied", "refusal", "steps", "s")
+    for r in result["scenarios"]:
+        refusal = "" if r["refusal_ok"] is None else ("stated" if r["refusal_ok"] else "[red]missing[/]")
+        connectors = "ok" if r["connector_ok"] else f"[red]{r['error'] or 'wrong'}[/]"
+        table.add_row(r["id"], connectors, f"{r['fact_recall']:.2f}", str(len(r["leaks"])), str(len(r["denied_through"])),
+                      refusal, str(r["steps"]), f"{r['seconds']:.1f}")  # fmt: skip
+    console.print(table)
+    console.print_json(data={**result["summary"], "results_file": result["results_file"]})
+
+
+@bench_app.command("agent")
+def bench_agent(
+    api_url: Annotated[str | None, typer.Option(help="The running API (default: the local one, `kb up`).")] = None,
+    questions: Annotated[int, typer.Option(help="Agent questions streamed through the chat API (0: skip the API part).")] = 9,
+    repeats: Annotated[int, typer.Option(help="Calls per series in the guard-overhead part.")] = 50,
+    scenarios: Annotated[Path | None, typer.Option(help="Questions from here (default: evals/scenarios/agent).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Time to first token and to the full answer with the agent vs without it (p50/p95), and the guard's
+    overhead per tool call (bare MCP call vs guarded, cache miss and hit) on the recorded Kubernetes."""
+    from evals.agent import run_agent_benchmark
+    from kb.settings import APISettings
+
+    url = api_url or f"http://{_settings()[0].host}:{APISettings().port}"
+    chosen = _agent_scenarios(scenarios, None, None)
+    with console.status("benchmarking the agent"):
+        result = run_agent_benchmark(url if questions > 0 else None, chosen, questions, repeats)
     _emit(result, as_json)
 
 

@@ -122,6 +122,18 @@ class Platform:
         )
         return f"http://{self.platform.host}:{port}/v1"
 
+    def start_replays(self, replays: list[tuple[str, str]], log_dir: Path) -> None:
+        """Serve recorded systems (connectors.yaml `replay` keys) on their loopback URLs."""
+        from urllib.parse import urlsplit
+
+        for url, folder in replays:
+            parts = urlsplit(url)
+            if parts.hostname not in ("127.0.0.1", "localhost") or not parts.port:
+                raise ValueError(f"a replayed system must have a loopback URL with a port, not {url}")
+            root = (PROJECT_ROOT / folder).resolve()
+            self.start_process(f"replay-{root.name}", [sys.executable, "-m", "kb.replay.server", root.name, str(root),
+                                                       str(parts.port)], log_dir)  # fmt: skip
+
     def start_api(self, port: int, log_dir: Path, env: dict[str, str] | None = None) -> str:
         self.start_process(
             "api",

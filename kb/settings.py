@@ -112,6 +112,15 @@ class LLMSettings(BaseSettings):
     max_answer_tokens: int = Field(default=512)
     threads: int = Field(default=2)
     timeout_s: float = Field(default=120.0)
+    routes: dict[str, str] = Field(
+        default_factory=dict,
+        description='Task → model name on the same server (KB_LLM_ROUTES=\'{"coder": "qwen2.5-coder-7b", "reasoner": …}\'); '
+        "unset tasks use `model`.",
+    )
+
+    def route_table(self) -> dict[str, str]:
+        """Every task with the model it routes to."""
+        return {task: self.routes.get(task, self.model) for task in ("coder", "reasoner", "writer")}
 
     @model_validator(mode="after")
     def _url_for_remote(self) -> Self:

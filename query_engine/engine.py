@@ -161,9 +161,11 @@ class AnswerEngine:
 
     async def astream(
         self, question: str, history: Sequence[ChatMessage] = (), summary: str | None = None,
-        collections: Sequence[str] | None = None, filters: Filters | None = None,
+        collections: Sequence[str] | None = None, filters: Filters | None = None, llm: LLM | None = None,
     ) -> AsyncIterator[Delta | Answer]:  # fmt: skip
-        """Text deltas as the LLM writes them, then the final Answer (masked, with citations resolved)."""
+        """Text deltas as the LLM writes them, then the final Answer (masked, with citations resolved);
+        `llm` overrides the engine's model for this answer (model routing)."""
+        llm = llm or self.llm
         started = time.perf_counter()
         # Embedding and index queries are blocking calls: keep them off the event loop.
         retrieval = await asyncio.to_thread(self.retrieve, question, collections, filters)
@@ -173,14 +175,14 @@ class AnswerEngine:
             yield Delta(text)
             yield Answer(text, [], {**retrieval.timings, "total_ms": _ms(started)}, language)
             return
-        if self.llm is None:
+        if llm is None:
             raise LLMUnavailable("no LLM is configured")
         messages = self.messages(question, retrieval, history, summary)
         parts: list[str] = []
         first_token: float | None = None
         citations = CitationStream(retrieval.sources)
         try:
-            stream = await self.llm.astream_chat(messages)
+            stream = await llm.astream_chat(messages)
             async for chunk in stream:
                 delta = chunk.delta or ""
                 if delta and first_token is None:

@@ -19,8 +19,10 @@ from api.metrics import REQUESTS, observe
 from api.schemas import ChatCompletionRequest
 from api.sources import source_dicts
 from api.state import AppState
+from query_engine.agent import AgentAnswer, StepEvent
 from query_engine.engine import Answer, Delta, LLMUnavailable
 from query_engine.memory import summary_prompt
+from query_engine.routing import resolve_model
 
 router = APIRouter(tags=["chat"])
 
@@ -28,9 +30,20 @@ router = APIRouter(tags=["chat"])
 @router.get("/v1/models")
 def list_models(state: StateDep) -> dict[str, Any]:
     """Models this API answers with; 'default' is the configured default model."""
+    routes = state.llm_settings.route_table()
     return {
         "object": "list",
-        "data": [{"id": name, "object": "model", "created": 0, "owned_by": "kb"} for name in state.model_names],
+        "data": [
+            {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "kb",
+                **({"routes_to": routes[name]} if name in routes else {}),
+            }
+            for name in state.model_names
+        ],  # fmt: skip
+        "routes": routes,
     }
 
 
@@ -50,7 +63,14 @@ async def chat_completions(body: ChatCompletionRequest, state: StateDep) -> dict
         ChatMessage(role=MessageRole(m.role), content=m.text()) for m in body.messages[:-1] if m.role in ("user", "assistant")
     ]
     history = stored if body.session_id else given
-    events = state.engine.astream(question, history, context.summary, body.collections, body.filters)
+    model, task = resolve_model(body.model, question, state.llm_settings.route_table(), state.llm_settings.model)
+    llm = state.llm_for(model)
+    events: AsyncIterator[Any]
+    if state.agent is not None and not body.collections and not body.filters:
+        # Live connectors are on: the agent answers from them and the knowledge base.
+        events = state.agent.astream(question, history, body.user or "anonymous", llm=llm)
+    else:
+        events = state.engine.astream(question, history, context.summary, body.collections, body.filters, llm=llm)
     try:
         first = await anext(events)  # retrieval and the LLM's first token happen here, so failures are still a status code
     except LLMUnavailable as exc:
@@ -71,6 +91,8 @@ async def chat_completions(body: ChatCompletionRequest, state: StateDep) -> dict
             answer = event
     assert answer is not None
     sources = await _finish(state, session_id, answer)
+    extra = {"steps": [s.step() for s in answer.steps]} if isinstance(answer, AgentAnswer) else {}
+    extra["route"] = {"task": task, "model": model}
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -85,6 +107,7 @@ async def chat_completions(body: ChatCompletionRequest, state: StateDep) -> dict
         "sources": sources,
         "timings": answer.timings,
         "session_id": session_id,
+        **extra,
     }
 
 
@@ -134,19 +157,23 @@ def _chunk(completion_id: str, model: str, delta: dict[str, Any], finish: str | 
 
 
 async def _sse(
-    state: AppState, model: str, completion_id: str, session_id: str, first: Delta | Answer, events: AsyncIterator[Delta | Answer]
+    state: AppState, model: str, completion_id: str, session_id: str, first: Any, events: AsyncIterator[Any]
 ) -> AsyncIterator[str]:
     yield _chunk(completion_id, model, {"role": "assistant", "content": ""})
-    pending: list[Delta | Answer] = [first]
+    pending: list[Any] = [first]
     try:
         while True:
             event = pending.pop() if pending else await anext(events)
+            if isinstance(event, StepEvent):  # progress while the tools run: an extra field, no content
+                yield _chunk(completion_id, model, {}, progress=event.as_dict())
+                continue
             if isinstance(event, Delta):
                 if event.text:
                     yield _chunk(completion_id, model, {"content": event.text})
                 continue
             sources = await _finish(state, session_id, event)
-            yield _chunk(completion_id, model, {}, "stop", sources=sources, timings=event.timings, session_id=session_id)
+            extra = {"steps": [s.step() for s in event.steps]} if isinstance(event, AgentAnswer) else {}
+            yield _chunk(completion_id, model, {}, "stop", sources=sources, timings=event.timings, session_id=session_id, **extra)
             break
     except StopAsyncIteration:
         pass

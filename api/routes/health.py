@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import StateDep
 from api.metrics import REGISTRY
 from api.state import AppState
+from query_engine.tools.guard import REGISTRY as TOOL_REGISTRY
 
 router = APIRouter(tags=["health"])
 
@@ -49,4 +50,4 @@ async def readyz(state: StateDep) -> JSONResponse:
 @router.get("/metrics")
 def metrics() -> Response:
     """Prometheus exposition: stage histograms and counters."""
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(REGISTRY) + generate_latest(TOOL_REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -10,6 +10,7 @@ from api.metrics import REQUESTS, observe
 from api.schemas import QueryRequest, QueryResponse
 from api.sources import source_dicts
 from api.state import AppState
+from query_engine.agent import AgentAnswer
 from query_engine.engine import LLMUnavailable
 from query_engine.prompts import question_language
 
@@ -33,6 +34,8 @@ async def query(body: QueryRequest, state: StateDep) -> QueryResponse:
     """Retrieve and (unless answer=false) answer; with the LLM down, the sources still come back."""
     if not body.answer:
         return await _sources_only(state, body, "retrieval_only")
+    if body.agent:
+        return await _agent_answer(state, body)
     try:
         answer = await state.engine.answer(body.question, collections=body.collections, filters=body.filters)
     except LLMUnavailable as exc:
@@ -44,6 +47,25 @@ async def query(body: QueryRequest, state: StateDep) -> QueryResponse:
     REQUESTS.labels("query", "ok").inc()
     return QueryResponse(answer=answer.text, answerable=bool(answer.sources), sources=sources, timings=answer.timings,
                          language=answer.language)  # fmt: skip
+
+
+async def _agent_answer(state: AppState, body: QueryRequest) -> QueryResponse:
+    """The agent's answer with its tool steps; 400 when no live connector is configured."""
+    if state.agent is None:
+        raise HTTPException(400, "agent: true needs a live connector in connectors.yaml (and an LLM)")
+    final: AgentAnswer | None = None
+    try:
+        async for event in state.agent.astream(body.question, user=body.user or "anonymous"):
+            if isinstance(event, AgentAnswer):
+                final = event
+    except LLMUnavailable as exc:
+        raise HTTPException(503, f"the language model is unavailable ({exc})") from exc
+    assert final is not None
+    sources = source_dicts(final.sources)
+    observe(final.timings, sources)
+    REQUESTS.labels("query_agent", "ok").inc()
+    return QueryResponse(answer=final.text, answerable=True, sources=sources, timings=final.timings, language=final.language,
+                         steps=[s.step() for s in final.steps])  # fmt: skip
 
 
 @router.get("/v1/documents/{collection}/{path:path}")

@@ -1,0 +1,7 @@
+package main
+
+import "gitea.paylane.example/payments/gateway-core/internal/server"
+
+func main() {
+	server.Run()
+}

@@ -1,0 +1,3 @@
+package ledger
+
+// Spans carry the caller's trace id (W3C traceparent) from gateway-core.
