@@ -103,6 +103,7 @@ class StepEvent:
     tool: str
     arguments: dict[str, Any]
     call: ToolCall | None = None
+    index: int = 0  # the call's place in the plan: steps are reported in plan order
 
     def as_dict(self) -> dict[str, Any]:
         base = {"status": self.status, "connector": self.connector, "tool": self.tool, "arguments": self.arguments}
@@ -133,7 +134,7 @@ class Agent:
     def __init__(
         self, llm: LLM, knowledge: EngineKnowledgeBase, tools: Sequence[ConnectorTool], guard: Guard, *,
         context_window: int = 8192, max_answer_tokens: int = 512, max_tool_calls: int = 6, time_budget_s: float = 120.0,
-        docs_top_k: int = 4,
+        docs_top_k: int = 4, tool_tokens: int = 2400, doc_tokens: int = 1200,
     ) -> None:  # fmt: skip
         self.llm = llm
         self.knowledge = knowledge
@@ -144,6 +145,9 @@ class Agent:
         self.max_tool_calls = max_tool_calls
         self.time_budget_s = time_budget_s
         self.docs_top_k = docs_top_k
+        # Prompt processing dominates answer time on a CPU: tool results and documents get fixed shares.
+        self.tool_tokens = tool_tokens
+        self.doc_tokens = doc_tokens
 
     @property
     def systems(self) -> list[str]:
@@ -231,13 +235,13 @@ class Agent:
         by_name = {(t.connector, t.name): t for t in self.tools}
         queue: asyncio.Queue[StepEvent] = asyncio.Queue()
 
-        async def run(call: PlannedCall) -> None:
-            await queue.put(StepEvent("started", call.connector, call.tool, call.arguments))
+        async def run(index: int, call: PlannedCall) -> None:
+            await queue.put(StepEvent("started", call.connector, call.tool, call.arguments, index=index))
             tool = by_name[(call.connector, call.tool)]
             done = await self.guard.call(call.connector, call.tool, call.arguments, tool.invoke, user)
-            await queue.put(StepEvent("done", call.connector, call.tool, done.arguments, done))
+            await queue.put(StepEvent("done", call.connector, call.tool, done.arguments, done, index))
 
-        tasks = [asyncio.create_task(run(c)) for c in calls]
+        tasks = [asyncio.create_task(run(i, c)) for i, c in enumerate(calls)]
         for _ in range(2 * len(tasks)):
             yield await queue.get()
         await asyncio.gather(*tasks)
@@ -270,11 +274,12 @@ class Agent:
         except TimeoutError:
             calls = []
         plan_ms = _ms(started)
-        steps: list[ToolCall] = []
+        done: dict[int, ToolCall] = {}
         async for event in self._run_calls(calls, user):
             if event.call is not None:
-                steps.append(event.call)
+                done[event.index] = event.call
             yield event
+        steps = [done[i] for i in sorted(done)]
         docs_call, sources = await docs_task
         tools_ms = _ms(started) - plan_ms
         if not sources and not any(s.outcome == "ok" for s in steps):
@@ -325,29 +330,33 @@ class Agent:
     def messages(
         self, question: str, steps: list[ToolCall], sources: list[SourceRef], history: Sequence[ChatMessage], language: str
     ) -> list[ChatMessage]:
-        """The answer prompt under the context window: tool results share half the budget, documents the rest."""
+        """The answer prompt under the context window: tool results and documents each get a share."""
         budget = self.context_window - self.max_answer_tokens - estimate_tokens(ANSWER_PROMPT) - estimate_tokens(question) - 96
         history = list(history)[-4:]
         budget -= sum(estimate_tokens(m.content or "") + 4 for m in history)
-        tool_budget = budget // 2 if sources else budget
+        tool_budget = min(self.tool_tokens, budget // 2 if sources else budget)
         per_tool = max(tool_budget // max(len(steps), 1), 60)
-        results = (
-            "\n\n".join(f"{tool_label(s)} ({s.outcome})\n{_fit(s.output, per_tool)}" for s in steps) or "(no tool was called)"
-        )
-        doc_budget = budget - min(tool_budget, sum(estimate_tokens(r) for r in results.split("\n\n")))
+        results = [f"{tool_label(s)} ({s.outcome})\n{_fit(_compact(s.output), per_tool)}" for s in steps]
+        doc_budget = min(self.doc_tokens, budget - sum(estimate_tokens(r) for r in results))
+        per_doc = max(doc_budget // max(len(sources), 1), 80)
         blocks: list[str] = []
         for source in sources:
             where = f"{source.collection}/{source.doc_id}" + (f" § {source.section}" if source.section else "")
-            block = f"[{source.n}] {where}\n{source.text}"
-            if estimate_tokens(block) > doc_budget:
-                break
-            blocks.append(block)
-            doc_budget -= estimate_tokens(block)
+            blocks.append(f"[{source.n}] {where}\n{_fit(source.text, per_doc)}")
         example = tool_label(steps[0]) if steps else "[kubernetes: list_pods payments]"
-        system = ANSWER_PROMPT.format(example_label=example, language=LANGUAGE_NAMES.get(language, "English"), results=results,
+        system = ANSWER_PROMPT.format(example_label=example, language=LANGUAGE_NAMES.get(language, "English"),
+                                      results="\n\n".join(results) or "(no tool was called)",
                                       documents="\n\n".join(blocks) or "(none relevant)")  # fmt: skip
         return [ChatMessage(role=MessageRole.SYSTEM, content=system), *history,
                 ChatMessage(role=MessageRole.USER, content=question)]  # fmt: skip
+
+
+def _compact(text: str) -> str:
+    """JSON tool output without indentation: the same facts in fewer prompt tokens."""
+    try:
+        return json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":"))
+    except ValueError:
+        return text
 
 
 def _fit(text: str, tokens: int) -> str:

@@ -4,6 +4,7 @@ a writable copy of the sample knowledge base (webhook tests add documents to it)
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -29,6 +30,7 @@ class RunningPlatform:
     database_url: str
     knowledge_base: Path
     log: Path
+    env: dict[str, str]
 
 
 def _wait_for_line(log: Path, process: subprocess.Popen[bytes], line: str, timeout: float) -> None:
@@ -37,6 +39,14 @@ def _wait_for_line(log: Path, process: subprocess.Popen[bytes], line: str, timeo
         assert process.poll() is None, log.read_text(errors="replace")[-4000:]
         assert time.monotonic() < deadline, f"kb up did not print {line!r} in {timeout}s"
         time.sleep(2)
+
+
+def _connectors_on_free_ports() -> str:
+    """The shipped connectors.yaml (the sample company's recorded systems), each system on a free port."""
+    text = (PROJECT_ROOT / "connectors.yaml").read_text()
+    for port in sorted(set(re.findall(r"127\.0\.0\.1:(\d+)", text))):
+        text = text.replace(f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}")
+    return text
 
 
 @pytest.fixture(scope="session")
@@ -48,12 +58,14 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
     for name, body in config["collections"].items():
         body["source"]["path"] = str(knowledge_base / name)
     (root / "collections.yaml").write_text(yaml.safe_dump(config))
+    (root / "connectors.yaml").write_text(_connectors_on_free_ports())
     ports = {name: free_port() for name in ("KB_POSTGRES_PORT", "KB_DAGSTER_PORT", "KB_API_PORT", "KB_LLM_PORT")}
     env = {
         **os.environ, **{k: str(v) for k, v in ports.items()},
         "KB_DATA_DIR": str(root / "data"), "KB_COLLECTIONS_FILE": str(root / "collections.yaml"),
         "KB_LLM_MODEL": "qwen2.5-coder-0.5b-instruct", "KB_LLM_CONTEXT_WINDOW": "4096", "KB_LLM_MAX_ANSWER_TOKENS": "256",
         "KB_API_WEBHOOK_SECRET": WEBHOOK_SECRET, "KB_LLM_TIMEOUT_S": "900",
+        "KB_CONNECTORS_FILE": str(root / "connectors.yaml"),
     }  # fmt: skip
     log = root / "up.log"
     with log.open("wb") as out:
@@ -67,6 +79,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
             database_url=f"postgresql://postgres@127.0.0.1:{ports['KB_POSTGRES_PORT']}/kb",
             knowledge_base=knowledge_base,
             log=log,
+            env=env,
         )
     finally:
         os.killpg(process.pid, signal.SIGINT)

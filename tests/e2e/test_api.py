@@ -194,6 +194,8 @@ def test_web_page_streams_an_answer_with_source_links(platform: RunningPlatform)
         page.wait_for_selector(".a[data-done='true']", timeout=300_000)
         answer = page.inner_text(".a")
         links = page.eval_on_selector_all("ol.sources a", "els => els.map(e => e.getAttribute('href'))")
+        steps = page.eval_on_selector_all("ul.steps li", "els => els.map(e => e.textContent)")
         browser.close()
     assert answer.strip()
+    assert any(step.startswith("→ docs.search(") for step in steps), steps  # the agent's tool steps are shown
     assert "/v1/documents/runbooks/gateway-high-error-rate.md" in links
