@@ -334,10 +334,27 @@ async def list_pods_data(cfg: KubernetesConfig, namespace: str, label_selector: 
             "by_status": dict(Counter(s["status"] for s in summaries)), "pods": summaries}  # fmt: skip
 
 
+async def _resolve_pod(cfg: KubernetesConfig, ns: str, name: str) -> str:
+    """`name` itself when such a pod exists, else the pod of app `name` with the most restarts: people (and
+    models) ask for "the logs of gateway-core", not of gateway-core-7d9f8b6c5-2xkqp."""
+    pods = (await _get(cfg, f"/api/v1/namespaces/{ns}/pods", f"pods in namespace {ns}")).get("items", [])
+    if any(p["metadata"]["name"] == name for p in pods):
+        return name
+    matching = [
+        p for p in pods if (p["metadata"].get("labels") or {}).get("app") == name or p["metadata"]["name"].startswith(name + "-")
+    ]
+    if not matching:
+        raise ToolError(f"no pod {name!r} (nor a pod of app {name!r}) in namespace {ns}; list_pods shows the names")
+    return str(max(matching, key=lambda p: pod_summary(p)["restarts"])["metadata"]["name"])
+
+
 async def pod_logs_text(cfg: KubernetesConfig, namespace: str, pod: str, container: str, tail: int, previous: bool) -> str:
     ns = _allowed_namespace(cfg, namespace)
-    pod = _check_name(pod.strip(), "pod")
+    asked = _check_name(pod.strip(), "pod")
     container = _check_name(container.strip(), "container") if container.strip() else ""
+    pod = await _resolve_pod(cfg, ns, asked)
+    if container in (asked, pod):  # the pod's name given as its container's: let the API pick the only container
+        container = ""
     lines = min(tail, cfg.max_log_lines)
     params = {"tailLines": lines, "container": container or None, "previous": "true" if previous else None,
               "limitBytes": cfg.max_output_chars * 4}  # fmt: skip

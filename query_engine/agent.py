@@ -47,6 +47,30 @@ SYSTEM_CARDS = {
     "manifests, how things are configured (как исправить; 如何处理)",
 }
 
+# Words that name what a system knows, in English, Russian and Chinese: a cheap classifier whose hits join
+# the model's choice of systems (the 1.5B model alone missed, e.g., Gitea for pull-request questions).
+SYSTEM_CUES = {
+    "kubernetes": re.compile(
+        r"(?i)\b(pods?|namespaces?|restart\w*|crash\w*|oom\w*|deployments?|rollouts?|replicas?|containers?|kubectl|cpu|memory)\b"
+        r"|под[аыуеов]?\b|перезапуск|рестарт|памят|контейнер|容器|重启|内存|命名空间|\bpod"
+    ),
+    "loki": re.compile(
+        r"(?i)\b(logs?|logged|logging|errors?|exceptions?|traces?|loki|logql)\b|лог|ошибк|трасс|日志|错误|追踪|报错"
+    ),
+    "gitea": re.compile(
+        r"(?i)\b(commits?|pull requests?|PRs?|repos?|repositor\w*|diff|branch\w*|source code|files?)\b|(?<!build )#\d+"
+        r"|коммит|пул+-?реквест|репозитор|ветк|файл|исходн|提交|合并请求|仓库|分支|代码|文件"
+    ),
+    "cicd": re.compile(
+        r"(?i)\b(argo\w*|sync\w*|builds?|ci|pipelines?|deploy\w*|releases?)\b|сборк|деплой|синхрон|构建|部署|流水线|同步"
+    ),
+    "swarm": re.compile(r"(?i)\b(swarm|stacks?|docker services?)\b"),
+}
+
+# Names a live system can list, offered to the tool-choice step so the model uses real ones:
+# (connector, listing tool, key in its output, argument it fills).
+DISCOVERY = (("gitea", "list_repos", "repo", "repo"), ("cicd", "argocd_apps", "name", "name"))
+
 ROUTE_EXAMPLES = """Examples:
 "why does checkout-api keep crashing in staging?" -> ["kubernetes", "loki", "docs"]
 "what errors did orders-worker log in the last hour?" -> ["loki"]
@@ -148,6 +172,8 @@ class Agent:
         # Prompt processing dominates answer time on a CPU: tool results and documents get fixed shares.
         self.tool_tokens = tool_tokens
         self.doc_tokens = doc_tokens
+        self._known: dict[str, dict[str, list[str]]] | None = None
+        self._known_at = 0.0
 
     @property
     def systems(self) -> list[str]:
@@ -169,7 +195,8 @@ class Agent:
                   "maxItems": 3}}, "required": ["systems"]}  # fmt: skip
         reply = await self._constrained(ROUTE_PROMPT.format(cards=cards, examples=ROUTE_EXAMPLES), question, schema, "route")
         chosen = [s for s in dict.fromkeys(reply.get("systems", [])) if s in systems]
-        return chosen or ["docs"]
+        cued = [s for s in systems if s in SYSTEM_CUES and SYSTEM_CUES[s].search(question)]
+        return merge_routes(chosen, cued)
 
     def _card(self, system: str) -> str:
         if system in SYSTEM_CARDS:
@@ -182,6 +209,7 @@ class Agent:
         tools = self._tools_of(connector)
         if not tools:
             return []
+        await self._discover()
         variants = [{"type": "object", "properties": {"tool": {"const": t.name}, "arguments": _grammar_schema(t.parameters())},
                      "required": ["tool", "arguments"]} for t in tools]  # fmt: skip
         schema = {"type": "object", "properties": {"calls": {"type": "array", "items": {"anyOf": variants}, "minItems": 1,
@@ -195,14 +223,36 @@ class Agent:
         return list({json.dumps([c.tool, c.arguments], sort_keys=True): c for c in calls}.values())
 
     def _context(self, connector: str) -> str:
-        """What the configuration says the model may name: literal entries of the allowlists."""
-        rules = self.guard.argument_lists(connector)
-        lines = []
-        for argument, lists in rules.items():
+        """Names the model may use: what the system listed, else the literal entries of the allowlists."""
+        known = (self._known or {}).get(connector, {})
+        lines = [f"Known values of {argument}: {', '.join(values[:20])}." for argument, values in known.items() if values]
+        for argument, lists in self.guard.argument_lists(connector).items():
+            if argument == "logql":
+                lines.append('A LogQL selector must name the namespace, e.g. {namespace="<namespace>", app="<service>"}.')
+                continue
             literal = [a for a in lists.allow if not any(ch in a for ch in "*?[")]
-            if literal:
-                lines.append(f"Allowed values of {argument}: {', '.join(literal)}.")
+            if literal and argument not in known:
+                lines.append(f"Readable values of {argument}: {', '.join(literal)}.")
+        if lines:
+            lines.append("If the question names a value not listed, use it exactly as the question gives it.")
         return ("\n".join(lines) + "\n") if lines else ""
+
+    async def _discover(self, ttl_s: float = 600) -> None:
+        """List repositories and applications once per `ttl_s` through the guard (recorded as user 'agent')."""
+        if self._known is not None and time.monotonic() - self._known_at < ttl_s:
+            return
+        by_name = {(t.connector, t.name): t for t in self.tools}
+        known: dict[str, dict[str, list[str]]] = {}
+        for connector, tool_name, key, argument in DISCOVERY:
+            tool = by_name.get((connector, tool_name))
+            if tool is None:
+                continue
+            call = await self.guard.call(connector, tool_name, {}, tool.invoke, user="agent")
+            if call.outcome == "ok":
+                known.setdefault(connector, {})[argument] = _values_of(call.output, key)
+        if "gitea" in known and "cicd" in by_name_connectors(self.tools):
+            known.setdefault("cicd", {}).setdefault("repo", known["gitea"].get("repo", []))
+        self._known, self._known_at = known, time.monotonic()
 
     async def plan(self, question: str) -> tuple[list[str], list[PlannedCall]]:
         systems = await self.route(question)
@@ -359,6 +409,43 @@ def _compact(text: str) -> str:
         return text
 
 
+def merge_routes(chosen: list[str], cued: list[str], max_live: int = 3) -> list[str]:
+    """The model's systems and the cue words' systems: both first, then cues, then the model's own, in order."""
+
+    def rank(system: str) -> tuple[int, int]:
+        agreement = 0 if system in chosen and system in cued else 1 if system in cued else 2
+        return agreement, chosen.index(system) if system in chosen else len(chosen)
+
+    live = sorted((s for s in dict.fromkeys(chosen + cued) if s != "docs"), key=rank)[:max_live]
+    return live + (["docs"] if "docs" in chosen or not live else [])
+
+
+def by_name_connectors(tools: Sequence[ConnectorTool]) -> set[str]:
+    return {t.connector for t in tools}
+
+
+def _values_of(output: str, key: str) -> list[str]:
+    """Every string under `key` anywhere in a JSON tool output."""
+    try:
+        data = json.loads(output)
+    except ValueError:
+        return []
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == key and isinstance(v, str):
+                    found.append(v)
+                walk(v)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(data)
+    return list(dict.fromkeys(found))
+
+
 def _fit(text: str, tokens: int) -> str:
     if estimate_tokens(text) <= tokens:
         return text
@@ -373,7 +460,11 @@ def _ms(started: float) -> float:
 def _grammar_schema(parameters: dict[str, Any]) -> dict[str, Any]:
     """A tool's JSON schema reduced to what a llama.cpp grammar needs: plain types, required keys, no extras."""
     properties: dict[str, Any] = {}
+    required = set(parameters.get("required") or [])
     for name, spec in (parameters.get("properties") or {}).items():
+        kinds = {v.get("type") for v in spec.get("anyOf", [spec])}
+        if name not in required and kinds & {"integer", "number"}:
+            continue  # counts and time windows keep the tool's defaults: the small model filled them with 1
         variants = [v for v in spec.get("anyOf", [spec]) if v.get("type") != "null"] or [{"type": "string"}]
         chosen = variants[0]
         kind = chosen.get("type", "string")

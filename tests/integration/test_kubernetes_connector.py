@@ -299,3 +299,11 @@ def test_clock_real_for_clusters_and_recorded_for_replays(replay: ReplayServer) 
     real = parse_connectors({"kubernetes": {"url": "http://k8s.example"}}).kubernetes
     clock = _recording_clock(real)
     assert clock is not None and abs((clock() - datetime.now(UTC)).total_seconds()) < 5
+
+
+def test_pod_logs_of_an_app_name_read_its_most_restarted_pod(replay: ReplayServer) -> None:
+    is_error, text = call(replay.url, "pod_logs", {"namespace": "payments", "pod": "gateway-core", "container": "gateway-core",
+                                                   "previous": True})  # fmt: skip
+    assert not is_error and "gateway-core-7d9f8b6c5-" in text and "routing cache grew" in text
+    is_error, text = call(replay.url, "pod_logs", {"namespace": "payments", "pod": "no-such-app"})
+    assert is_error and "list_pods shows the names" in text
