@@ -20,7 +20,7 @@ browser:
 
 # Debian's Docker Engine and a static busybox for the swarm tests (tests/docker_swarm.py starts its own dockerd).
 docker:
-	command -v dockerd >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io busybox-static >/dev/null)
+	(command -v dockerd >/dev/null 2>&1 && test -x /bin/busybox) || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io busybox-static >/dev/null)
 
 up: setup
 	$(UV) run --frozen kb up
@@ -28,7 +28,7 @@ up: setup
 test: setup browser docker
 	$(UV) run --frozen pytest
 
-test-fast: setup
+test-fast: setup docker
 	$(UV) run --frozen pytest -m "not e2e"
 
 lint: setup

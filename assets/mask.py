@@ -30,21 +30,33 @@ class Rule:
     # Which group holds the secret (0: the whole match); the rest of the match is kept for context.
     group: int = 0
     accept: Callable[[str], bool] | None = None
+    # A cheap pattern every match must contain: text without it skips the full pattern (masking runs on
+    # every chunk and every tool output, so the common case of "nothing to mask" must be fast).
+    hint: re.Pattern[str] | None = None
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("private-key", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S)),
-    Rule("jwt", re.compile(r"\beyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]{8,}")),
-    Rule("aws-access-key", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")),
-    Rule("github-token", re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}\b")),
-    Rule("slack-token", re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}")),
-    Rule("api-key", re.compile(r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}\b|\bsk-[A-Za-z0-9_-]{20,}")),
-    Rule("bearer-token", re.compile(r"\b[Bb]earer\s+([A-Za-z0-9._~+/-]{16,}=*)"), group=1),
-    Rule("url-password", re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s:/@]+:([^\s@/]+)@"), group=1),
+    Rule(
+        "private-key",
+        re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S),
+        hint=re.compile("PRIVATE KEY"),
+    ),
+    Rule("jwt", re.compile(r"\beyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]{8,}"), hint=re.compile("eyJ")),
+    Rule("aws-access-key", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), hint=re.compile("AKIA|ASIA")),
+    Rule("github-token", re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}\b"), hint=re.compile("gh[pousr]_")),
+    Rule("slack-token", re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}"), hint=re.compile("xox")),
+    Rule(
+        "api-key",
+        re.compile(r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}\b|\bsk-[A-Za-z0-9_-]{20,}"),
+        hint=re.compile("_live_|_test_|sk-"),
+    ),
+    Rule("bearer-token", re.compile(r"\b[Bb]earer\s+([A-Za-z0-9._~+/-]{16,}=*)"), group=1, hint=re.compile("earer")),
+    Rule("url-password", re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s:/@]+:([^\s@/]+)@"), group=1, hint=re.compile("://")),
     Rule(
         "credential",
         re.compile(rf"(?i)(?:{_KEY_WORDS})[\"']?\s*[:=]\s*[\"']?(?!\[MASKED:)([^\s\"'`,;&)\]}}]{{3,}})"),
         group=1,
+        hint=re.compile(rf"(?i){_KEY_WORDS}"),
         # Placeholders and references to other secrets are not secrets themselves.
         # Type annotations in code (`secret: str`) name a type, not a value.
         accept=lambda v: (
@@ -81,6 +93,8 @@ def mask_secrets(text: str) -> MaskResult:
     counts: Counter[str] = Counter()
     text = _mask_kubernetes_secret_data(text, counts)
     for rule in RULES:
+        if rule.hint is not None and not rule.hint.search(text):
+            continue
         text = rule.pattern.sub(lambda m, r=rule: _replace(m, r, counts), text)  # type: ignore[misc]
     return MaskResult(text, dict(counts))
 

@@ -14,8 +14,13 @@ _ASSIGNED = re.compile(rf"(?i)(?<![\w-])({_SECRET_NAME})(\"?\s*[=:]\s*\"?)(?!\[M
 _NAME_VALUE = re.compile(rf"(?i)(\"?name\"?\s*:\s*\"?{_SECRET_NAME}\"?\s*,?\s*\"?value\"?\s*:\s*\"?)(?!\[MASKED:)([^\"\n,}}]+)")
 
 
+_HINT = re.compile(r"(?i)PASSWORD|PASSWD|TOKEN|KEY|SECRET|CREDENTIAL")
+
+
 def mask_output(text: str) -> str:
     """`text` with every secret replaced by `[MASKED:kind]`; idempotent."""
+    if not _HINT.search(text):  # the common case: no variable that names a secret
+        return mask_secrets(text).text
     text = _NAME_VALUE.sub(lambda m: f"{m.group(1)}[MASKED:env]", text)
     text = _ASSIGNED.sub(lambda m: f"{m.group(1)}{m.group(2)}[MASKED:env]", text)
     return mask_secrets(text).text

@@ -76,7 +76,7 @@ def test_denied_namespace_is_never_read(platform: RunningPlatform) -> None:
     body = {"question": "List the pods in the kube-system namespace", "agent": True, "user": "e2e-deny"}
     answer = httpx.post(f"{platform.api}/v1/query", json=body, timeout=900).json()
     for step in answer["steps"]:
-        if "kube-system" in json.dumps(step["arguments"]):
+        if step["connector"] != "docs" and "kube-system" in json.dumps(step["arguments"]):  # docs searches the question
             assert step["outcome"] == "refused", step
     assert "coredns-5d78c9869d" not in answer["answer"]
 
