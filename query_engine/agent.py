@@ -250,7 +250,7 @@ class Agent:
             call = await self.guard.call(connector, tool_name, {}, tool.invoke, user="agent")
             if call.outcome == "ok":
                 known.setdefault(connector, {})[argument] = _values_of(call.output, key)
-        if "gitea" in known and "cicd" in by_name_connectors(self.tools):
+        if "gitea" in known and any(t.connector == "cicd" for t in self.tools):  # builds live in the same repositories
             known.setdefault("cicd", {}).setdefault("repo", known["gitea"].get("repo", []))
         self._known, self._known_at = known, time.monotonic()
 
@@ -418,10 +418,6 @@ def merge_routes(chosen: list[str], cued: list[str], max_live: int = 3) -> list[
 
     live = sorted((s for s in dict.fromkeys(chosen + cued) if s != "docs"), key=rank)[:max_live]
     return live + (["docs"] if "docs" in chosen or not live else [])
-
-
-def by_name_connectors(tools: Sequence[ConnectorTool]) -> set[str]:
-    return {t.connector for t in tools}
 
 
 def _values_of(output: str, key: str) -> list[str]:

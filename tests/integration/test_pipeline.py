@@ -80,18 +80,18 @@ def test_rerun_changes_nothing_and_one_changed_file_reembeds_only_its_chunks(
     spec = collection(sample_specs, "runbooks", sample_copy / "runbooks")
     res = resources(postgres_url, tmp_path / "data")
     first = run(spec, res)
-    assert first["documents"] == 11 and first["embedded"] == first["chunks"] > 11
+    assert first["documents"] == 12 and first["embedded"] == first["chunks"] > 12
     before = stored_docs(postgres_url, spec)
 
     again = run(spec, res)
-    assert (again["embedded"], again["skipped_unchanged"], again["chunks"]) == (0, 11, first["chunks"])
+    assert (again["embedded"], again["skipped_unchanged"], again["chunks"]) == (0, 12, first["chunks"])
     assert stored_docs(postgres_url, spec) == before
 
     target = sample_copy / "runbooks" / "kafka-consumer-lag.md"
     target.write_text(target.read_text() + "5. Record the lag figures in the incident timeline.\n")
     changed = run(spec, res)
     after = stored_docs(postgres_url, spec)
-    assert changed["skipped_unchanged"] == 10
+    assert changed["skipped_unchanged"] == 11
     assert changed["embedded"] == len(set(after["kafka-consumer-lag.md"]) - set(before["kafka-consumer-lag.md"])) == 1
     assert {d: h for d, h in after.items() if d != "kafka-consumer-lag.md"} == {
         d: h for d, h in before.items() if d != "kafka-consumer-lag.md"
