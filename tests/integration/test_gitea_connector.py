@@ -15,6 +15,7 @@ from mcp import Client, StdioServerParameters
 from connectors import gitea
 from connectors.config import ConnectorsConfig, parse_connectors
 from kb.replay.server import ReplayServer
+from tests.mcp_calls import call_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDED = ROOT / "examples" / "live_systems" / "gitea"
@@ -32,14 +33,8 @@ def config(url: str, allow: list[str] | None = None, **extra: Any) -> Connectors
     return parse_connectors({"gitea": {"url": url, "repos": {"allow": ALLOW if allow is None else allow}, **extra}})
 
 
-async def _call(cfg: ConnectorsConfig, name: str, args: dict[str, Any]) -> tuple[bool, str]:
-    async with Client(gitea.build_server(cfg)) as client:
-        result = await client.call_tool(name, args)
-    return result.is_error, "\n".join(c.text for c in result.content if hasattr(c, "text"))
-
-
 def call(cfg: ConnectorsConfig, name: str, /, **args: Any) -> tuple[bool, str]:
-    return asyncio.run(_call(cfg, name, args))
+    return call_tool(gitea.build_server(cfg), name, args)
 
 
 def ok(cfg: ConnectorsConfig, name: str, /, **args: Any) -> str:
