@@ -257,14 +257,23 @@ def register_actions(server: MCPServer, cfg: CicdConfig, url: str, repos: AllowD
     async def build_logs(
         repo: Repo,
         job_id: Annotated[int, Field(ge=0, description="Job id; 0: take the failed job of run_id")] = 0,
-        run_id: Annotated[int, Field(ge=0, description="Run id from build_runs (or its run number); 0: none")] = 0,
+        run_id: Annotated[
+            int, Field(ge=0, description="Run id from build_runs (or its run number); 0: the newest failed run")
+        ] = 0,
         tail: Annotated[int, Field(ge=1, le=MAX_TAIL, description="Last lines of the log to show")] = 200,
     ) -> str:
-        """Why did this build fail? The last lines of a job's log (secrets masked); with run_id, the run's jobs too."""
+        """Why did this build fail? The last lines of a job's log (secrets masked); with run_id, the run's jobs too;
+        with neither, the newest failed run of the repository."""
         owner, name = check_repo(repo, repos, repos_key)
-        if not job_id and not run_id:
-            raise ToolError("give job_id, or run_id (the id from build_runs) to read its failed job")
         result: dict[str, Any] = {"repo": repo}
+        if not job_id and not run_id:
+            found = await fetch_json(ci, f"/api/v1/repos/{owner}/{name}/actions/runs", f"{repo} action runs", {"limit": 20})
+            runs = found.get("workflow_runs") or []
+            newest = next((r for r in runs if r.get("conclusion") == "failure"), runs[0] if runs else None)
+            if newest is None:
+                return render({**result, "log": "this repository has no build runs"}, cfg.max_output_chars)
+            run_id = int(newest["id"])
+            result["run"] = run_summary(newest)
         if run_id:
             run_id, jobs = await run_jobs(owner, name, repo, run_id)
             result.update(run_id=run_id, jobs=[job_summary(j) for j in jobs])

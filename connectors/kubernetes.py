@@ -370,6 +370,7 @@ async def describe_data(cfg: KubernetesConfig, namespace: str, kind: str, name: 
     ns = _allowed_namespace(cfg, namespace)
     name = _check_name(name.strip(), kind)
     if kind == "pod":
+        name = await _resolve_pod(cfg, ns, name)
         obj = await _get(cfg, f"/api/v1/namespaces/{ns}/pods/{name}", f"pod {name} in namespace {ns}")
         out = _describe_pod(obj)
         event_kind = "Pod"

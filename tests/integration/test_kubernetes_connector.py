@@ -148,7 +148,7 @@ def test_describe_deployment(replay: ReplayServer) -> None:
 
 def test_describe_unknown_pod_and_bad_kind(replay: ReplayServer) -> None:
     is_error, text = call(replay.url, "describe", {"namespace": "payments", "kind": "pod", "name": "no-such-pod"})
-    assert is_error and "not found" in text
+    assert is_error and "no pod 'no-such-pod'" in text
     is_error, _ = call(replay.url, "describe", {"namespace": "payments", "kind": "secret", "name": "gateway-redis"})
     assert is_error
     assert not any("secret" in path.lower() for _, path in replay.requests)
@@ -307,3 +307,8 @@ def test_pod_logs_of_an_app_name_read_its_most_restarted_pod(replay: ReplayServe
     assert not is_error and "gateway-core-7d9f8b6c5-" in text and "routing cache grew" in text
     is_error, text = call(replay.url, "pod_logs", {"namespace": "payments", "pod": "no-such-app"})
     assert is_error and "list_pods shows the names" in text
+
+
+def test_describe_a_pod_by_its_app_name(replay: ReplayServer) -> None:
+    is_error, text = call(replay.url, "describe", {"namespace": "settlement", "kind": "pod", "name": "settlement-batch"})
+    assert not is_error and "settlement-batch-29411520-x7k2p" in text
