@@ -13,7 +13,15 @@ from llama_index.core.llms import LLM
 from assets.collections import CollectionSpec, load_specs
 from assets.index import PgVectorIndex, QdrantIndex, VectorIndex
 from connectors.config import ConnectorsConfig, load_connectors
-from kb.settings import APISettings, EmbeddingSettings, IndexSettings, LLMSettings, PlatformSettings, PostgresSettings
+from kb.settings import (
+    AgentSettings,
+    APISettings,
+    EmbeddingSettings,
+    IndexSettings,
+    LLMSettings,
+    PlatformSettings,
+    PostgresSettings,
+)
 from pipelines.definitions import database_url
 from query_engine.agent import Agent
 from query_engine.engine import AnswerEngine
@@ -55,9 +63,10 @@ class AppState:
         self.clients = await ConnectorClients(self.connectors, connectors_file()).start()
         for name, reason in self.clients.failed.items():
             logging.getLogger(__name__).error("connector %s did not start: %s", name, reason)
-        llm = self.llm_settings
-        self.agent = Agent(self.engine.llm, self.knowledge, self.clients.tools, self.guard,
-                           context_window=llm.context_window, max_answer_tokens=llm.max_answer_tokens)  # fmt: skip
+        llm, bounds = self.llm_settings, AgentSettings()
+        self.agent = Agent(self.engine.llm, self.knowledge, self.clients.tools, self.guard, context_window=llm.context_window,
+                           max_answer_tokens=llm.max_answer_tokens, max_tool_calls=bounds.max_tool_calls,
+                           time_budget_s=bounds.time_budget_s)  # fmt: skip
 
     async def stop_connectors(self) -> None:
         if self.clients is not None:

@@ -147,3 +147,12 @@ class APISettings(BaseSettings):
         if self.environment != "local" and self.webhook_secret == "change-me-local-only":
             raise ValueError("set KB_API_WEBHOOK_SECRET: the default secret is only allowed with KB_API_ENVIRONMENT=local")
         return self
+
+
+class AgentSettings(BaseSettings):
+    """The agent's bounds (connectors.yaml configures the connectors themselves)."""
+
+    model_config = SettingsConfigDict(env_prefix="KB_AGENT_", extra="ignore")
+
+    max_tool_calls: int = Field(default=6, ge=1, le=12, description="Tool calls per answer, run in parallel.")
+    time_budget_s: float = Field(default=240.0, gt=0, description="Planning gets half; past it the answer uses what it has.")

@@ -157,7 +157,7 @@ class Agent:
 
     def __init__(
         self, llm: LLM, knowledge: EngineKnowledgeBase, tools: Sequence[ConnectorTool], guard: Guard, *,
-        context_window: int = 8192, max_answer_tokens: int = 512, max_tool_calls: int = 6, time_budget_s: float = 120.0,
+        context_window: int = 8192, max_answer_tokens: int = 512, max_tool_calls: int = 6, time_budget_s: float = 240.0,
         docs_top_k: int = 4, tool_tokens: int = 2400, doc_tokens: int = 1200,
     ) -> None:  # fmt: skip
         self.llm = llm
@@ -174,6 +174,7 @@ class Agent:
         self.doc_tokens = doc_tokens
         self._known: dict[str, dict[str, list[str]]] | None = None
         self._known_at = 0.0
+        self._discovering = asyncio.Lock()  # the tool-choice steps run in parallel: list once, not once each
 
     @property
     def systems(self) -> list[str]:
@@ -239,8 +240,11 @@ class Agent:
 
     async def _discover(self, ttl_s: float = 600) -> None:
         """List repositories and applications once per `ttl_s` through the guard (recorded as user 'agent')."""
-        if self._known is not None and time.monotonic() - self._known_at < ttl_s:
-            return
+        async with self._discovering:
+            if self._known is None or time.monotonic() - self._known_at >= ttl_s:
+                await self._list_known()
+
+    async def _list_known(self) -> None:
         by_name = {(t.connector, t.name): t for t in self.tools}
         known: dict[str, dict[str, list[str]]] = {}
         for connector, tool_name, key, argument in DISCOVERY:
