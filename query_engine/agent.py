@@ -71,6 +71,11 @@ SYSTEM_CUES = {
 # (connector, listing tool, key in its output, argument it fills).
 DISCOVERY = (("gitea", "list_repos", "repo", "repo"), ("cicd", "argocd_apps", "name", "name"))
 
+# The call to make when the model chose a system but no usable call of it: the overview tool of each of
+# ours, with required arguments filled only from names the question itself contains.
+DEFAULT_TOOLS = {"kubernetes": "list_pods", "loki": "service_errors", "gitea": "commit_history", "cicd": "argocd_apps",
+                 "swarm": "list_services"}  # fmt: skip
+
 ROUTE_EXAMPLES = """Examples:
 "why does checkout-api keep crashing in staging?" -> ["kubernetes", "loki", "docs"]
 "what errors did orders-worker log in the last hour?" -> ["loki"]
@@ -221,7 +226,26 @@ class Agent:
         names = {t.name for t in tools}
         calls = [PlannedCall(connector, c["tool"], _clean_arguments(c.get("arguments") or {}))
                  for c in reply.get("calls", []) if isinstance(c, dict) and c.get("tool") in names]  # fmt: skip
+        if not calls:
+            fallback = self._fallback_call(connector, question)
+            calls = [fallback] if fallback else []
         return list({json.dumps([c.tool, c.arguments], sort_keys=True): c for c in calls}.values())
+
+    def _fallback_call(self, connector: str, question: str) -> PlannedCall | None:
+        """The system's overview tool when the model gave no usable call, if the question names its required values."""
+        tool = next((t for t in self._tools_of(connector) if t.name == DEFAULT_TOOLS.get(connector)), None)
+        if tool is None:
+            return None
+        candidates = dict((self._known or {}).get(connector, {}))
+        for argument, lists in self.guard.argument_lists(connector).items():
+            candidates.setdefault(argument, [a for a in lists.allow if not any(ch in a for ch in "*?[")])
+        arguments: dict[str, Any] = {}
+        for name in tool.parameters().get("required") or []:
+            named = [v for v in candidates.get(name, []) if re.search(rf"(?<![\w/-]){re.escape(v)}(?![\w/-])", question, re.I)]
+            if not named:
+                return None
+            arguments[name] = max(named, key=len)
+        return PlannedCall(connector, tool.name, arguments)
 
     def _context(self, connector: str) -> str:
         """Names the model may use: what the system listed, else the literal entries of the allowlists."""

@@ -160,3 +160,23 @@ def test_agent_plans_calls_in_parallel_through_the_guard_and_states_refusals(tmp
     tool_schema = dict(llm.prompts)["tools-kubernetes"]
     assert {v["properties"]["tool"]["const"] for v in tool_schema["properties"]["calls"]["items"]["anyOf"]} == {
         "list_pods", "pod_logs", "describe", "deployments", "events", "resource_usage"}  # fmt: skip
+
+
+def test_a_system_chosen_without_a_usable_call_gets_its_overview_tool(tmp_path: Path, kubernetes: ReplayServer) -> None:
+    data = {"kubernetes": {"url": kubernetes.url, "namespaces": NAMESPACES}}
+    config = parse_connectors(data)
+    llm = ScriptedLLM({"route": {"systems": ["kubernetes"]}, "tools-kubernetes": {"calls": []}}, "ok")
+
+    async def run() -> tuple[Any, Any]:
+        clients = await ConnectorClients(config, write_config(tmp_path, data)).start()
+        try:
+            agent = Agent(llm, NoDocs(), clients.tools, Guard(config, MemoryCallLog()))  # type: ignore[arg-type]
+            named = await agent.plan("why are the gateway-core pods restarting in payments?")
+            unnamed = await agent.plan("why are the pods restarting?")
+            return named, unnamed
+        finally:
+            await clients.aclose()
+
+    (_, named), (_, unnamed) = asyncio.run(run())
+    assert [(c.tool, c.arguments) for c in named] == [("list_pods", {"namespace": "payments"})]
+    assert unnamed == []  # no namespace named: nothing is guessed
