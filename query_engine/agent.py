@@ -231,6 +231,12 @@ class Agent:
             calls = [fallback] if fallback else []
         return list({json.dumps([c.tool, c.arguments], sort_keys=True): c for c in calls}.values())
 
+    def fallback_plan(self, question: str) -> list[PlannedCall]:
+        """Without the model: the overview tool of every system the cue words name, where the question names its values."""
+        cued = [s for s in self.systems if s in SYSTEM_CUES and SYSTEM_CUES[s].search(question)]
+        calls = [self._fallback_call(s, question) for s in cued]
+        return [c for c in calls if c is not None][: self.max_tool_calls]
+
     def _fallback_call(self, connector: str, question: str) -> PlannedCall | None:
         """The system's overview tool when the model gave no usable call, if the question names its required values."""
         tool = next((t for t in self._tools_of(connector) if t.name == DEFAULT_TOOLS.get(connector)), None)
@@ -349,8 +355,8 @@ class Agent:
         docs_task = asyncio.create_task(self._search_docs(question, user))
         try:
             _, calls = await asyncio.wait_for(self.plan(question), self.time_budget_s / 2)
-        except TimeoutError:
-            calls = []
+        except TimeoutError:  # the model is too slow right now: the cue words and the question's names still plan
+            calls = self.fallback_plan(question)
         plan_ms = _ms(started)
         done: dict[int, ToolCall] = {}
         async for event in self._run_calls(calls, user):

@@ -180,3 +180,27 @@ def test_a_system_chosen_without_a_usable_call_gets_its_overview_tool(tmp_path: 
     (_, named), (_, unnamed) = asyncio.run(run())
     assert [(c.tool, c.arguments) for c in named] == [("list_pods", {"namespace": "payments"})]
     assert unnamed == []  # no namespace named: nothing is guessed
+
+
+def test_planning_past_its_budget_falls_back_to_cue_words(tmp_path: Path, kubernetes: ReplayServer) -> None:
+    data = {"kubernetes": {"url": kubernetes.url, "namespaces": NAMESPACES}}
+    config = parse_connectors(data)
+
+    class SlowLLM(ScriptedLLM):
+        async def achat(self, messages: list[Any], response_format: dict[str, Any], max_tokens: int) -> Any:
+            await asyncio.sleep(5)
+            return await super().achat(messages, response_format, max_tokens)
+
+    llm = SlowLLM({}, "pods are crash-looping [kubernetes: list_pods payments]")
+
+    async def run() -> Any:
+        clients = await ConnectorClients(config, write_config(tmp_path, data)).start()
+        try:
+            agent = Agent(llm, NoDocs(), clients.tools, Guard(config, MemoryCallLog()), time_budget_s=1)  # type: ignore[arg-type]
+            return [e async for e in agent.astream("why are the gateway-core pods restarting in payments?")][-1]
+        finally:
+            await clients.aclose()
+
+    answer = asyncio.run(run())
+    assert [(s.connector, s.tool, s.arguments, s.outcome) for s in answer.steps[1:]] == [
+        ("kubernetes", "list_pods", {"namespace": "payments"}, "ok")]  # fmt: skip
