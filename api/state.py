@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import httpx
@@ -50,8 +51,9 @@ class AppState:
     clients: ConnectorClients | None = None
     agent: Agent | None = None
 
-    @property
+    @cached_property
     def knowledge(self) -> EngineKnowledgeBase:
+        """Built once: every MCP search and agent answer reads it."""
         return EngineKnowledgeBase(self.engine, self.specs)
 
     async def start_connectors(self) -> None:
