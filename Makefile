@@ -29,7 +29,7 @@ test: setup browser docker
 	$(UV) run --frozen pytest
 
 test-fast: setup docker
-	$(UV) run --frozen pytest -m "not e2e"
+	$(UV) run --frozen pytest -m "not e2e and not answers"
 
 lint: setup
 	$(UV) run --frozen ruff check .

@@ -59,6 +59,9 @@ class QueryResponse(BaseModel):
     answer: str | None
     answerable: bool
     sources: list[Source]
+    grounding: dict[str, Any] | None = Field(
+        default=None, description="What citation grounding did to the answer: markers kept and dropped, sentences left out."
+    )
     timings: dict[str, float]
     language: str
     error: str | None = None

@@ -119,7 +119,7 @@ def build_state() -> AppState:
     base_url = llm_base_url(llm_settings, platform)
     llm = build_llm(llm_settings.backend, base_url, llm_settings.model, llm_settings.api_key, llm_settings.context_window,
                     llm_settings.max_answer_tokens, llm_settings.timeout_s)  # fmt: skip
-    reranker = default_reranker(str(api.reranker_model_dir) if api.reranker_model_dir else None)
+    reranker = default_reranker(str(api.reranker_model_dir) if api.reranker_model_dir else None, embedder, specs)
     engine = AnswerEngine(index, embedder, [s.name for s in specs], reranker, llm, llm_settings.context_window,
                           llm_settings.max_answer_tokens, dense_languages=embedding.languages)  # fmt: skip
     return AppState(platform, api, llm_settings, specs, index, engine, SessionStore(url), url, base_url,

@@ -38,6 +38,9 @@ class CollectionSpec(BaseModel, frozen=True):
     metadata: tuple[str, ...] = ()
     schedule: str | None = None
     source: SourceSpec
+    # How much reranking trusts the dense score against BM25 in this collection (query time only, so not
+    # part of the fingerprint); chosen per kind of content on the dev splits (README, "Retrieval quality").
+    dense_weight: float = Field(default=0.7, ge=0.0, le=1.0)
 
     @field_validator("name")
     @classmethod

@@ -1,5 +1,6 @@
-"""Dense embeddings from packaged weights only: a FlagEmbedding model directory (English MiniLM by
-default) or the multilingual Universal Sentence Encoder v3 (pure NumPy), never a hub download."""
+"""Dense embeddings from packaged weights only, never a hub download: a FlagEmbedding model directory
+(English MiniLM), the multilingual Universal Sentence Encoder v3 (pure NumPy), or both at once (the
+default): one vector per chunk that holds both models' vectors side by side."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-BACKENDS: tuple[str, ...] = ("flagembedding", "use-multilingual")
+BACKENDS: tuple[str, ...] = ("dual", "flagembedding", "use-multilingual")
+DEFAULT_BACKEND = "dual"
 
 
 class Embedder(ABC):
@@ -31,6 +33,11 @@ class Embedder(ABC):
 
     @abstractmethod
     def embed_queries(self, texts: list[str]) -> NDArray[np.float32]: ...
+
+    def score_scale(self, query: str) -> float:
+        """What a cosine between this query's vector and a passage vector is multiplied by to give the
+        models' own cosine (1 but for the dual embedder, whose halves each carry part of the norm)."""
+        return 1.0
 
 
 class FlagEmbedder(Embedder):
@@ -114,11 +121,85 @@ class UniversalSentenceEncoder(Embedder):
         return self.embed_passages(texts)  # USE embeds questions and answers alike
 
 
+# Query weights of the English model's half and the multilingual model's half by the query's language,
+# chosen on the dev splits (README, "Cross-lingual retrieval"): English questions lean on MiniLM, which
+# is better on English prose, code and manifests; other languages use the multilingual half alone, since
+# MiniLM's vectors of Russian or Chinese text are noise.
+DUAL_QUERY_WEIGHTS: dict[str, tuple[float, float]] = {"en": (1.0, 0.0)}
+MULTILINGUAL_ONLY = (0.0, 1.0)
+
+
+class DualEmbedder(Embedder):
+    """Both models in one vector: a passage is [english, multilingual] / √2 (unit norm), a query
+    [w_en · english, w_ml · multilingual] with weights by its language. One cosine search then ranks by
+    w_en·cos_en + w_ml·cos_ml, so a Russian or Chinese question finds English passages (and the reverse)
+    through the multilingual half, while English questions keep the English model's ranking. One
+    vector column, one HNSW index and the same write path as a single model; chunk sizes count the
+    English model's tokens."""
+
+    def __init__(self, english: Embedder, multilingual: Embedder) -> None:
+        self.english = english
+        self.multilingual = multilingual
+        self.dimension = english.dimension + multilingual.dimension
+        self.model_id = dual_model_id(english.model_id, multilingual.model_id)
+
+    def count_tokens(self, text: str) -> list[int]:
+        return self.english.count_tokens(text)
+
+    def embed_passages(self, texts: list[str]) -> NDArray[np.float32]:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        both = np.hstack([self.english.embed_passages(texts), self.multilingual.embed_passages(texts)])
+        return (both / np.sqrt(2.0)).astype(np.float32)
+
+    def embed_queries(self, texts: list[str]) -> NDArray[np.float32]:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        weights = np.array([self.query_weights(t) for t in texts], dtype=np.float32)
+        english = self._only_where(weights[:, 0] > 0, texts, self.english)
+        multilingual = self._only_where(weights[:, 1] > 0, texts, self.multilingual)
+        both = np.hstack([english * weights[:, :1], multilingual * weights[:, 1:]])
+        return (both / np.linalg.norm(both, axis=1, keepdims=True)).astype(np.float32)
+
+    @staticmethod
+    def _only_where(mask: NDArray[np.bool_], texts: list[str], model: Embedder) -> NDArray[np.float32]:
+        """The model's query vectors where the mask holds, zeros elsewhere: no forward pass is spent on
+        a half whose weight is 0."""
+        out = np.zeros((len(texts), model.dimension), dtype=np.float32)
+        picked = [i for i, keep in enumerate(mask) if keep]
+        if picked:
+            out[picked] = model.embed_queries([texts[i] for i in picked])
+        return out
+
+    @staticmethod
+    def query_weights(text: str) -> tuple[float, float]:
+        from assets.parse import detect_language
+
+        return DUAL_QUERY_WEIGHTS.get(detect_language(text), MULTILINGUAL_ONLY)
+
+    def score_scale(self, query: str) -> float:
+        # cos(q, p) = (w_en·cos_en + w_ml·cos_ml) / (√2 · |w|): scaled back to the weighted mean of the
+        # two models' cosines, so score thresholds mean the same for every query language.
+        w_en, w_ml = self.query_weights(query)
+        return float(np.sqrt(2.0) * np.hypot(w_en, w_ml) / (w_en + w_ml))
+
+
+def multilingual_encoder(embedder: Embedder) -> Embedder | None:
+    """The model that puts every supported language in one space, when the embedder has one: sentence
+    evidence in reranking and citation checks compare texts across languages with it."""
+    if isinstance(embedder, DualEmbedder):
+        return embedder.multilingual
+    return embedder if isinstance(embedder, UniversalSentenceEncoder) else None
+
+
 @cache
 def load_embedder(backend: str, model_dir: str, pooling: str, batch_size: int, max_length: int) -> Embedder:
     """One model per process and configuration: loading takes seconds and hundreds of MB."""
     if backend == "use-multilingual":
         return UniversalSentenceEncoder()
+    if backend == "dual":
+        english = load_embedder("flagembedding", model_dir, pooling, batch_size, max_length)
+        return DualEmbedder(english, load_embedder("use-multilingual", model_dir, pooling, batch_size, max_length))
     if backend == "flagembedding":
         return FlagEmbedder(Path(model_dir), pooling, batch_size, max_length)
     raise ValueError(f"unknown embedding backend {backend!r}: one of {', '.join(BACKENDS)}")
@@ -126,7 +207,13 @@ def load_embedder(backend: str, model_dir: str, pooling: str, batch_size: int, m
 
 def embedder_fingerprint(backend: str, model_dir: Path, pooling: str) -> str:
     """The `model_id` an embedder will have, without loading it."""
+    if backend == "dual":
+        return dual_model_id(model_fingerprint(model_dir, pooling), _use_model_id())
     return _use_model_id() if backend == "use-multilingual" else model_fingerprint(model_dir, pooling)
+
+
+def dual_model_id(english: str, multilingual: str) -> str:
+    return f"dual-{english}+{multilingual}"
 
 
 def _use_model_id() -> str:

@@ -31,6 +31,7 @@ class BuiltIndex:
     doc_of_file: dict[str, str]
     chunks: int
     seconds: float
+    spec: CollectionSpec  # the collection's settings under the eval collection's name
 
 
 def corpus_documents(evalset: EvalSet, spec: CollectionSpec) -> tuple[list[RawDocument], dict[str, str]]:
@@ -61,7 +62,7 @@ def build_index(evalset: EvalSet, spec: CollectionSpec, embedder: Embedder, inde
     chunks = stages.chunk(documents, Chunker(spec, embedder))
     embedded = stages.embed(chunks, embedder, index, collection)
     report = stages.write_index(extracted, parsed, embedded, index, spec, embedder.dimension)
-    return BuiltIndex(collection, doc_of_file, report.chunks, time.perf_counter() - started)
+    return BuiltIndex(collection, doc_of_file, report.chunks, time.perf_counter() - started, spec)
 
 
 def run_systems(

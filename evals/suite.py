@@ -68,7 +68,14 @@ def evaluate_retrieval(
     embedder = embedding.load()
     with ingested(evalset, platform, embedder, console, backend) as (built, index, name):
         with console.status(f"running {len(evalset.queries)} queries"):
-            systems = run_systems(evalset, built, embedder, index, default_reranker(), dense_languages=embedding.languages)
+            systems = run_systems(
+                evalset,
+                built,
+                embedder,
+                index,
+                default_reranker(embedder=embedder, specs=[built.spec]),
+                dense_languages=embedding.languages,
+            )
     return {
         "dataset": evalset.label,
         "collection": name,

@@ -323,7 +323,9 @@ def _llm_benchmark(url: str, work: Path, llm_model: Path, questions: list[str], 
         llm_url = runtime.start_llm(llm_model, llm.model, llm_port, llm.context_window, llm.threads, work / "logs")
         runtime.wait_for(f"{llm_url}/models", "the LLM server", timeout=300)
         base = _start_api(runtime, work, {"DATABASE_URL": url, "KB_LLM_BACKEND": "embedded", "KB_LLM_PORT": str(llm_port)})
-        engine = AnswerEngine(PgVectorIndex(url), embedding.load(), [s.name for s in samples], default_reranker(), None,
+        embedder = embedding.load()
+        reranker = default_reranker(embedder=embedder, specs=samples)
+        engine = AnswerEngine(PgVectorIndex(url), embedder, [s.name for s in samples], reranker, None,
                               llm.context_window, llm.max_answer_tokens, dense_languages=embedding.languages)  # fmt: skip
         console.log(f"LLM: {len(questions)} answers through the API and direct ({llm.model})")
         return {"model": llm.model, **_llm_through_api(base, llm_url, engine, questions, llm)}

@@ -329,7 +329,7 @@ def eval_retrieval(
         result = evaluate_retrieval(dataset, variant, corpus_variant, collection, limit, platform, embedding, console, backend)
     except DatasetError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    tags = tuple(t for t in (embedding.backend, backend) if t not in ("flagembedding", "pgvector"))
+    tags = tuple(t for t in (embedding.backend, backend) if t not in ("dual", "pgvector"))
     result["results_file"] = str(write_result("retrieval", result["dataset"], result, tags))
     _emit(result, as_json)
 
@@ -338,11 +338,19 @@ def eval_retrieval(
 def eval_answers(
     dataset: Annotated[Path, typer.Option(help="A set with answers.jsonl (and/or alerts_without_runbook.jsonl).")],
     variant: Annotated[str | None, typer.Option(help="Suffixed files (en, ru, zh) or a query field.")] = None,
+    corpus_variant: Annotated[
+        str | None, typer.Option(help="Another language's corpus for these questions (--variant ru --corpus-variant en).")
+    ] = None,
     collection: Annotated[str | None, typer.Option(help="Whose chunking to use when meta.json does not say.")] = None,
-    limit: Annotated[int, typer.Option(help="Questions (and no-answer probes) to ask; each is an LLM call.")] = 30,
+    limit: Annotated[int, typer.Option(help="Answerable questions to ask; each is an LLM call.")] = 30,
+    probes: Annotated[
+        int, typer.Option(help="No-answer probes: up to N of the set's own plus N off-topic ones in the questions' language.")
+    ] = 20,
+    judge: Annotated[bool, typer.Option("--judge", help="Also ask the LLM if each cited source states its sentence.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Answer containment, token F1, citation precision and no-answer refusals, with the configured LLM."""
+    """Answer containment, token F1, citation precision, groundedness and refusals (no-answer and off-topic
+    probes), with the configured LLM; the result file keeps every question and answer for auditing."""
     from evals.answers import evaluate_answers
     from evals.cli_support import write_result
     from evals.datasets import DatasetError
@@ -362,12 +370,38 @@ def eval_answers(
             runtime.wait_for(f"{url}/models", "the LLM server", timeout=300)
         else:
             url = llm.base_url or ""
-        result = evaluate_answers(dataset, variant, collection, limit, url, platform, embedding, llm, console)
+        result = evaluate_answers(dataset, variant, collection, limit, url, platform, embedding, llm, console,
+                                  corpus_variant=corpus_variant, probes=probes, judge=judge)  # fmt: skip
     except DatasetError as exc:
         raise typer.BadParameter(str(exc)) from exc
     finally:
         runtime.stop()
-    result["results_file"] = str(write_result("answers", result["dataset"], result))
+    # A model other than the default gets its own result file (the 0.5B figures do not replace the 1.5B ones).
+    tags = (llm.model,) if llm.model != LLMSettings.model_fields["model"].default else ()
+    result["results_file"] = str(write_result("answers", result["dataset"], result, tags))
+    _emit({k: v for k, v in result.items() if k != "rows"}, as_json)  # the rows are in the result file
+
+
+@eval_app.command("calibrate")
+def eval_calibrate(
+    evalsets: Annotated[Path, typer.Option(help="The folder of evaluation sets (dev splits).")] = Path("../shared/evalsets"),
+    output: Annotated[
+        Path | None, typer.Option(help="Gate file to write (default: the packaged query_engine/relevance_gate.json).")
+    ] = None,
+    target_refusal: Annotated[float, typer.Option(help="Share of answerable dev questions the gate may refuse.")] = 0.03,
+    samples: Annotated[
+        Path | None, typer.Option(help="Keep the collected signals here; reuse them when the file exists.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Fit the per-language relevance gate (answer or "not found") on the dev splits' signals."""
+    from evals.calibrate import calibrate
+    from evals.cli_support import write_result
+
+    if not evalsets.is_dir():
+        raise typer.BadParameter(f"{evalsets} is not a folder of evaluation sets")
+    result = calibrate(evalsets, output, target_refusal, console, samples)
+    result["results_file"] = str(write_result("calibrate", "relevance_gate", result))
     _emit(result, as_json)
 
 

@@ -12,7 +12,7 @@ from typing import Self
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from assets.embed import BACKENDS, Embedder, load_embedder
+from assets.embed import BACKENDS, DEFAULT_BACKEND, Embedder, load_embedder
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,23 +68,25 @@ class EmbeddingSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KB_EMBEDDING_", extra="ignore")
 
     backend: str = Field(
-        default="flagembedding",
-        description="'flagembedding' (the model in model_dir; English MiniLM by default) or 'use-multilingual' "
-        "(Universal Sentence Encoder v3: EN/RU/ZH in one space, so questions find passages across languages).",
+        default=DEFAULT_BACKEND,
+        description="'dual' (both models in one vector: English questions ranked by the model in model_dir, "
+        "Russian and Chinese ones by the multilingual model, across languages), 'flagembedding' (the model in "
+        "model_dir alone; English MiniLM by default) or 'use-multilingual' (Universal Sentence Encoder v3 alone).",
     )
     model_dir: Path = Field(default_factory=_default_embedding_model_dir)
     pooling: str = Field(default="mean", description="'mean' for MiniLM/E5, 'cls' for BGE models.")
     batch_size: int = Field(default=32)
     max_length: int = Field(default=512, description="Tokens per passage the model sees.")
     languages: list[str] = Field(
-        default=["en"], description="Query languages the model embeds well; others use BM25 alone (use-multilingual: en, ru, zh)."
+        default=["en"],
+        description="Query languages the model embeds well; others use BM25 alone (dual and use-multilingual: en, ru, zh).",
     )
 
     @model_validator(mode="after")
     def _multilingual_languages(self) -> Self:
         if self.backend not in BACKENDS:
             raise ValueError(f"KB_EMBEDDING_BACKEND must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
-        if self.backend == "use-multilingual" and "languages" not in self.model_fields_set:
+        if self.backend in ("dual", "use-multilingual") and "languages" not in self.model_fields_set:
             self.languages = ["en", "ru", "zh"]
         return self
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.embed import Embedder, embedder_fingerprint, load_embedder
+from assets.embed import DEFAULT_BACKEND, Embedder, embedder_fingerprint, load_embedder
 from assets.index import PgVectorIndex, QdrantIndex, VectorIndex
 from assets.stages import Quarantined
 
@@ -36,10 +36,10 @@ class IndexResource(dg.ConfigurableResource):
 
 
 class EmbedderResource(dg.ConfigurableResource):
-    """The embedding model (a FlagEmbedding model directory, or the multilingual USE), loaded once per process."""
+    """The embedding model (dual, a FlagEmbedding model directory, or the multilingual USE), loaded once per process."""
 
     model_dir: str
-    backend: str = "flagembedding"
+    backend: str = DEFAULT_BACKEND
     pooling: str = "mean"
     batch_size: int = 32
     max_length: int = 512

@@ -25,8 +25,10 @@ from typing import Any, Literal
 
 from llama_index.core.llms import LLM, ChatMessage, MessageRole
 
+from assets.embed import Embedder, multilingual_encoder
 from connectors.masking import mask_output
-from query_engine.engine import Answer, CitationStream, Delta, LLMUnavailable, SourceRef, _is_connection_error
+from query_engine.engine import Answer, Delta, LLMUnavailable, SourceRef, _is_connection_error
+from query_engine.grounding import GroundedStream
 from query_engine.knowledge import EngineKnowledgeBase
 from query_engine.prompts import LANGUAGE_NAMES, estimate_tokens, question_language
 from query_engine.tools.guard import Guard, ToolCall
@@ -376,14 +378,19 @@ class Agent:
         messages = self.messages(question, steps, sources, history, language)
         text_parts: list[str] = []
         first_token: float | None = None
-        citations = CitationStream(sources)
+        # Facts may come from the question, every tool result (labels included: the answer cites by them)
+        # and the conversation; documents are the sources the [n] markers name.
+        evidence = [question, *(f"{tool_label(s)}\n{s.output}" for s in [docs_call, *steps]), *(m.content or "" for m in history)]
+        grounded = GroundedStream(sources, evidence, language, self._encoder(), redact=mask_output)
+        preparing = asyncio.create_task(asyncio.to_thread(grounded.prepare))  # off the event loop, during the prompt
         try:
             stream = await answer_llm.astream_chat(messages)
             async for chunk in stream:
                 delta = chunk.delta or ""
                 if delta and first_token is None:
                     first_token = _ms(started)
-                emitted = mask_output(citations.feed(delta))
+                    await preparing
+                emitted = mask_output(grounded.feed(delta))
                 if emitted:
                     text_parts.append(emitted)
                     yield Delta(emitted)
@@ -391,7 +398,9 @@ class Agent:
             if _is_connection_error(exc):
                 raise LLMUnavailable(f"the LLM server is not reachable: {exc}") from exc
             raise
-        tail = mask_output(citations.feed("", final=True)) + self._refusal_note(steps, language)
+        finally:
+            await preparing
+        tail = mask_output(grounded.feed("", final=True)) + self._refusal_note(steps, language)
         if tail:
             text_parts.append(tail)
             yield Delta(tail)
@@ -402,7 +411,13 @@ class Agent:
         timings = {"plan_ms": plan_ms, "tools_ms": round(tools_ms, 2), "llm_first_token_ms": first_token or _ms(started),
                    "total_ms": _ms(started)}  # fmt: skip
         prompt_tokens = sum(estimate_tokens(m.content or "") for m in messages)
-        yield AgentAnswer(text, sources, timings, language, prompt_tokens, estimate_tokens(text), steps=[docs_call, *steps])
+        yield AgentAnswer(text, sources, timings, language, prompt_tokens, estimate_tokens(text), grounded.report.as_dict(),
+                          steps=[docs_call, *steps])  # fmt: skip
+
+    def _encoder(self) -> Embedder | None:
+        """The multilingual encoder of the knowledge base's engine, which judges support across languages."""
+        engine = getattr(self.knowledge, "engine", None)
+        return multilingual_encoder(engine.embedder) if engine is not None else None
 
     def _refusal_note(self, steps: list[ToolCall], language: str) -> str:
         refused = [f"{tool_label(s)} {s.output.removeprefix('refused: ').removeprefix('error: ')}" for s in steps

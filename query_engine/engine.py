@@ -14,11 +14,13 @@ from llama_index.core.llms import LLM, ChatMessage, MessageRole
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore
 
-from assets.embed import Embedder
+from assets.embed import Embedder, multilingual_encoder
 from assets.index import Filters, VectorIndex
 from assets.mask import mask_secrets
-from assets.sparse import analyze
+from query_engine.grounding import GroundedStream
 from query_engine.prompts import LANGUAGE_NAMES, NOT_FOUND, SYSTEM_PROMPT, estimate_tokens, question_language
+from query_engine.relevance import RelevanceGate, Signals, signals
+from query_engine.rerank import sentence_vectors
 from query_engine.retrieval import HybridRetriever, to_node
 
 _CITATION = re.compile(r"\[(\d{1,3})\]")
@@ -48,6 +50,7 @@ class Retrieval:
     sources: list[SourceRef]
     timings: dict[str, float]
     answerable: bool
+    signals: Signals | None = None
 
 
 @dataclass
@@ -58,6 +61,7 @@ class Answer:
     language: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    grounding: dict[str, Any] = field(default_factory=dict)  # GroundingReport.as_dict() of the answer
 
 
 @dataclass
@@ -82,9 +86,8 @@ class AnswerEngine:
         context_window: int = 8192,
         max_answer_tokens: int = 512,
         top_n: int = 6,
-        min_dense_score: float = 0.3,
-        min_term_coverage: float = 0.5,
         dense_languages: Sequence[str] | None = None,
+        gate: RelevanceGate | None = None,
     ) -> None:
         self.index = index
         self.embedder = embedder
@@ -94,9 +97,10 @@ class AnswerEngine:
         self.context_window = context_window
         self.max_answer_tokens = max_answer_tokens
         self.top_n = top_n
-        self.min_dense_score = min_dense_score
-        self.min_term_coverage = min_term_coverage
         self.dense_languages = dense_languages
+        self.gate = gate or RelevanceGate.load()
+        encoder = multilingual_encoder(embedder)
+        self.sentences = sentence_vectors(encoder) if encoder is not None else None
 
     def retrieve(self, question: str, collections: Sequence[str] | None = None, filters: Filters | None = None) -> Retrieval:
         """Sources for a question, best first, with per-stage timings and whether any is relevant enough."""
@@ -108,23 +112,15 @@ class AnswerEngine:
                                     candidates=50, filters=filters, dense_languages=self.dense_languages)  # fmt: skip
         candidates = retriever.search(question, timings)
         started = time.perf_counter()
-        nodes = self.reranker.postprocess_nodes([to_node(c) for c in candidates], query_str=question)[: self.top_n]
+        ranked = self.reranker.postprocess_nodes([to_node(c) for c in candidates], query_str=question)
+        nodes = ranked[: self.top_n]
         timings["rerank_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        started = time.perf_counter()
+        # Whether anything here answers the question: calibrated per language (query_engine/relevance.py).
+        found = signals(question, nodes, ranked, self.sentences)
+        timings["gate_ms"] = round((time.perf_counter() - started) * 1000, 2)
         sources = [_source(n, i + 1) for i, n in enumerate(nodes)]
-        return Retrieval(sources, timings, self._relevant(question, nodes))
-
-    def _relevant(self, question: str, nodes: list[NodeWithScore]) -> bool:
-        """Good enough to answer from: a close dense match, or a chunk holding most of the question's terms."""
-        if not nodes:
-            return False
-        best_dense = max((n.node.metadata.get("dense_score") or 0.0) for n in nodes)
-        if best_dense >= self.min_dense_score:
-            return True
-        terms = set(analyze(question))
-        if not terms:
-            return False
-        coverage = max(len(terms & set(analyze(n.node.get_content()))) / len(terms) for n in nodes)
-        return coverage >= self.min_term_coverage
+        return Retrieval(sources, timings, self.gate.relevant(question, found), found)
 
     def messages(
         self, question: str, retrieval: Retrieval, history: Sequence[ChatMessage] = (), summary: str | None = None
@@ -180,14 +176,19 @@ class AnswerEngine:
         messages = self.messages(question, retrieval, history, summary)
         parts: list[str] = []
         first_token: float | None = None
-        citations = CitationStream(retrieval.sources)
+        evidence = [question, *(m.content or "" for m in history), *([summary] if summary else [])]
+        grounded = GroundedStream(retrieval.sources, evidence, language, multilingual_encoder(self.embedder),
+                                  redact=lambda text: mask_secrets(text).text)  # fmt: skip
+        # The sources' vectors are computed while the LLM reads its prompt, off the event loop.
+        preparing = asyncio.create_task(asyncio.to_thread(grounded.prepare))
         try:
             stream = await llm.astream_chat(messages)
             async for chunk in stream:
                 delta = chunk.delta or ""
                 if delta and first_token is None:
                     first_token = _ms(started)
-                emitted = mask_secrets(citations.feed(delta)).text
+                    await preparing
+                emitted = mask_secrets(grounded.feed(delta)).text
                 parts.append(emitted)
                 if emitted:
                     yield Delta(emitted)
@@ -195,7 +196,9 @@ class AnswerEngine:
             if _is_connection_error(exc):
                 raise LLMUnavailable(f"the LLM server is not reachable: {exc}") from exc
             raise
-        tail = mask_secrets(citations.feed("", final=True)).text
+        finally:
+            await preparing
+        tail = mask_secrets(grounded.feed("", final=True)).text
         if tail:
             parts.append(tail)
             yield Delta(tail)
@@ -203,7 +206,7 @@ class AnswerEngine:
         sources = _mark_cited(text, retrieval.sources)
         timings = {**retrieval.timings, "llm_first_token_ms": first_token or _ms(started), "total_ms": _ms(started)}
         prompt_tokens = sum(estimate_tokens(m.content or "") for m in messages)
-        yield Answer(text, sources, timings, language, prompt_tokens, estimate_tokens(text))
+        yield Answer(text, sources, timings, language, prompt_tokens, estimate_tokens(text), grounded.report.as_dict())
 
     async def answer(self, question: str, history: Sequence[ChatMessage] = (), summary: str | None = None,
                      collections: Sequence[str] | None = None, filters: Filters | None = None) -> Answer:  # fmt: skip
@@ -228,57 +231,6 @@ def _source(node: NodeWithScore, n: int) -> SourceRef:
 def _source_block(source: SourceRef) -> str:
     where = f"{source.collection}/{source.doc_id}" + (f" § {source.section}" if source.section else "")
     return f"[{source.n}] {where}\n{source.text}"
-
-
-_BOUNDARY = re.compile(r"[.!?]|[。！？\n]")
-
-
-class CitationStream:
-    """Adds a missing [n] at the end of each sentence while text streams through.
-
-    Small models often drop the markers. A sentence without one gets the marker of the source sharing
-    most of its terms, when that source holds at least `min_overlap` of them. A '.', '!' or '?' ends a
-    sentence only when whitespace follows, so the last piece is held back until the next delta shows it."""
-
-    def __init__(self, sources: Sequence[SourceRef], min_overlap: float = 0.3) -> None:
-        self.sources = list(sources)
-        self.terms = [set(analyze(s.text)) for s in self.sources]
-        self.min_overlap = min_overlap
-        self.sentence = ""
-        self.held = ""
-
-    def feed(self, delta: str, final: bool = False) -> str:
-        text, self.held, out, cursor = self.held + delta, "", [], 0
-        for match in _BOUNDARY.finditer(text):
-            if match.group() in ".!?":
-                if match.end() == len(text) and not final:
-                    self.held = text[match.start() :]
-                    text = text[: match.start()]
-                    break
-                if match.end() < len(text) and not text[match.end()].isspace():
-                    continue  # 3.14, e.g.x, file.yaml
-            piece = text[cursor : match.start()]
-            out.append(piece + self._marker(self.sentence + piece) + match.group())
-            self.sentence, cursor = "", match.end()
-        rest = text[cursor:]
-        self.sentence += rest
-        out.append(rest)
-        if final and self.sentence.strip():
-            out.append(self._marker(self.sentence))
-            self.sentence = ""
-        return "".join(out)
-
-    def _marker(self, sentence: str) -> str:
-        terms = set(analyze(sentence))
-        if not self.sources or len(sentence.strip()) < 20 or not terms or _CITATION.search(sentence):
-            return ""
-        best = max(range(len(self.sources)), key=lambda i: len(terms & self.terms[i]))
-        return f" [{self.sources[best].n}]" if len(terms & self.terms[best]) / len(terms) >= self.min_overlap else ""
-
-
-def attribute_citations(text: str, sources: Sequence[SourceRef]) -> str:
-    """The whole-text form of CitationStream."""
-    return CitationStream(sources).feed(text, final=True)
 
 
 def _mark_cited(text: str, sources: list[SourceRef]) -> list[SourceRef]:

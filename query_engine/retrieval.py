@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from llama_index.core.retrievers import BaseRetriever
@@ -140,7 +140,10 @@ class HybridRetriever(BaseRetriever):
             vector = self.embedder.embed_queries([query])[0]
             clock.lap("embed_ms")
             started = time.perf_counter()
-            dense = {c: self.index.dense_search(c, vector, self.candidates, self.filters) for c in self.collections}
+            scale = self.embedder.score_scale(query)
+            dense = {
+                c: _scaled(self.index.dense_search(c, vector, self.candidates, self.filters), scale) for c in self.collections
+            }
             clock.note("dense_search_ms", time.perf_counter() - started)
         if sparse_future is not None:
             sparse, seconds = sparse_future.result()
@@ -164,6 +167,10 @@ class HybridRetriever(BaseRetriever):
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         return [to_node(c) for c in self.search(query_bundle.query_str)[: self.top_k]]
+
+
+def _scaled(hits: list[Hit], scale: float) -> list[Hit]:
+    return hits if scale == 1.0 else [replace(h, score=h.score * scale) for h in hits]
 
 
 def to_node(candidate: Candidate) -> NodeWithScore:

@@ -105,6 +105,7 @@ async def chat_completions(body: ChatCompletionRequest, state: StateDep) -> dict
             "total_tokens": answer.prompt_tokens + answer.completion_tokens,
         },
         "sources": sources,
+        "grounding": answer.grounding,
         "timings": answer.timings,
         "session_id": session_id,
         **extra,
@@ -173,7 +174,8 @@ async def _sse(
                 continue
             sources = await _finish(state, session_id, event)
             extra = {"steps": [s.step() for s in event.steps]} if isinstance(event, AgentAnswer) else {}
-            yield _chunk(completion_id, model, {}, "stop", sources=sources, timings=event.timings, session_id=session_id, **extra)
+            yield _chunk(completion_id, model, {}, "stop", sources=sources, grounding=event.grounding, timings=event.timings,
+                         session_id=session_id, **extra)  # fmt: skip
             break
     except StopAsyncIteration:
         pass

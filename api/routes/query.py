@@ -45,8 +45,8 @@ async def query(body: QueryRequest, state: StateDep) -> QueryResponse:
     sources = source_dicts(answer.sources)
     observe(answer.timings, sources)
     REQUESTS.labels("query", "ok").inc()
-    return QueryResponse(answer=answer.text, answerable=bool(answer.sources), sources=sources, timings=answer.timings,
-                         language=answer.language)  # fmt: skip
+    return QueryResponse(answer=answer.text, answerable=bool(answer.sources), sources=sources, grounding=answer.grounding,
+                         timings=answer.timings, language=answer.language)  # fmt: skip
 
 
 async def _agent_answer(state: AppState, body: QueryRequest) -> QueryResponse:
@@ -64,8 +64,8 @@ async def _agent_answer(state: AppState, body: QueryRequest) -> QueryResponse:
     sources = source_dicts(final.sources)
     observe(final.timings, sources)
     REQUESTS.labels("query_agent", "ok").inc()
-    return QueryResponse(answer=final.text, answerable=True, sources=sources, timings=final.timings, language=final.language,
-                         steps=[s.step() for s in final.steps])  # fmt: skip
+    return QueryResponse(answer=final.text, answerable=True, sources=sources, grounding=final.grounding, timings=final.timings,
+                         language=final.language, steps=[s.step() for s in final.steps])  # fmt: skip
 
 
 @router.get("/v1/documents/{collection}/{path:path}")

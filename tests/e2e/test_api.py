@@ -12,6 +12,7 @@ import pytest
 
 from api.security import sign
 from query_engine.memory import SessionStore
+from query_engine.prompts import NOT_FOUND
 from tests.e2e.conftest import WEBHOOK_SECRET, RunningPlatform
 
 pytestmark = pytest.mark.e2e
@@ -73,6 +74,26 @@ def test_a_question_the_knowledge_base_cannot_answer_gets_a_refusal(platform: Ru
     ).json()
     assert body["answerable"] is False
     assert body["answer"] == "I could not find this in the knowledge base."
+
+
+@pytest.mark.parametrize(
+    "question",
+    ["Какой срок хранения событий в топике payments.events?", "payments.events 主题中的事件保留多长时间?"],
+    ids=["ru", "zh"],
+)
+def test_russian_and_chinese_questions_are_answered_from_english_documents(platform: RunningPlatform, question: str) -> None:
+    body = httpx.post(f"{platform.api}/v1/query", json={"question": question}, timeout=600).json()
+    assert body["answerable"] is True, body
+    english = {"kafka-topic-payments-events.yaml", "adr-0007-kafka-for-payment-events.md"}
+    assert english & {s["path"] for s in body["sources"][:3]}, body["sources"]
+    assert body["answer"] not in NOT_FOUND.values()
+
+
+def test_an_off_topic_question_is_answered_without_citing_the_knowledge_base(platform: RunningPlatform) -> None:
+    body = httpx.post(f"{platform.api}/v1/query", json={"question": "What is the capital of France?"}, timeout=300).json()
+    assert body["answerable"] is False
+    assert not re.search(r"\[\d+\]", body["answer"])
+    assert not any(s["cited"] for s in body["sources"])
 
 
 def test_bad_requests_get_4xx_with_a_message(platform: RunningPlatform) -> None:

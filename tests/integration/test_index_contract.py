@@ -27,7 +27,7 @@ def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorInde
     else:
         backend = QdrantIndex(path=tmp_path / "qdrant")
     backend.drop_collection("contract")
-    backend.ensure_collection("contract", 384)
+    backend.ensure_collection("contract", request.getfixturevalue("embedder").dimension)
     yield backend
     backend.drop_collection("contract")
     backend.close()
@@ -100,7 +100,7 @@ def test_a_document_with_disagreeing_chunk_hashes_is_marked_for_rewrite(index: V
 def test_pgvector_write_is_atomic(postgres_url: str, embedder) -> None:  # type: ignore[no-untyped-def]
     index = PgVectorIndex(postgres_url)
     index.drop_collection("atomic")
-    index.ensure_collection("atomic", 384)
+    index.ensure_collection("atomic", embedder.dimension)
     good = points(embedder, TEXTS)
     index.write("atomic", good[:1], [])
     broken = IndexPoint("not-a-uuid", "x.md", "v1", 0, "h", "t", {}, good[1].dense, good[1].sparse)
@@ -114,7 +114,7 @@ def test_pgvector_write_is_atomic(postgres_url: str, embedder) -> None:  # type:
 def test_pgvector_document_frequencies_follow_every_write(postgres_url: str, embedder) -> None:  # type: ignore[no-untyped-def]
     index = PgVectorIndex(postgres_url)
     index.drop_collection("dfs")
-    index.ensure_collection("dfs", 384)
+    index.ensure_collection("dfs", embedder.dimension)
     first = points(embedder, TEXTS)
     index.write("dfs", first, [])
     changed = points(embedder, {"kafka.md": "Kafka consumer lag again: add consumers, never partitions."}, "v2")
@@ -125,7 +125,7 @@ def test_pgvector_document_frequencies_follow_every_write(postgres_url: str, emb
     assert dict(index._rows(kept))[-1] == 2
     # An index written before the frequency table existed gets it on the next ensure_collection.
     index._rows("DROP TABLE kb_chunks_dfs_df")
-    index.ensure_collection("dfs", 384)
+    index.ensure_collection("dfs", embedder.dimension)
     assert dict(index._rows(kept)) == dict(index._rows(counted))
     assert [h.doc_id for h in index.sparse_search("dfs", query_terms("kafka partitions"), 3)] == ["kafka.md"]
     index.drop_collection("dfs")
@@ -134,7 +134,7 @@ def test_pgvector_document_frequencies_follow_every_write(postgres_url: str, emb
 
 def test_a_new_embedding_dimension_replaces_the_collection(index: VectorIndex, embedder) -> None:  # type: ignore[no-untyped-def]
     index.write("contract", points(embedder, TEXTS), [])
-    index.ensure_collection("contract", 384)
+    index.ensure_collection("contract", embedder.dimension)
     assert index.count("contract") == 3  # same model: kept
     index.ensure_collection("contract", 512)
     assert index.count("contract") == 0

@@ -40,7 +40,7 @@ def test_a_sixth_collection_is_a_config_change(tmp_path: Path) -> None:
     specs = {s.name: s for s in load_specs(tmp_path / "c.yaml")}
     assert len(specs) == 6
     assert specs["adrs"].chunk_tokens == 300 and specs["adrs"].source.path == str(tmp_path / "adr")
-    assert specs["incidents"].chunk_tokens == 1024 and specs["incidents"].chunk_overlap == 100
+    assert specs["incidents"].chunk_tokens == 512 and specs["incidents"].chunk_overlap == 50
 
 
 def test_overlap_not_below_size_is_refused(tmp_path: Path) -> None:

@@ -1,0 +1,100 @@
+"""Whether retrieval found anything to answer from: a per-language logistic decision over three
+retrieval signals, calibrated on the dev splits (`kb eval calibrate`, README "Calibrated refusal").
+
+The signals, for the reranked top sources:
+- `dense`: the best dense cosine (the embedding model's own cosine, whatever the query language);
+- `sentence`: the best cosine between the question and one sentence of a source, from the multilingual
+  encoder (0 without one), which reads across languages and does not blur the answering sentence;
+- `coverage`: the best share of the question's terms found in one source, each term weighted by how
+  rare it is among the candidates, so that function words ("what", "is", "как") weigh little.
+Questions from one evaluation set run against another set's corpus are the negatives, each set's own
+questions the positives; the threshold keeps refused answerable questions at or under a target rate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from llama_index.core.schema import NodeWithScore
+
+from assets.parse import detect_language
+from assets.sparse import analyze
+from query_engine.rerank import SentenceVectors
+
+GATE_FILE = Path(__file__).with_name("relevance_gate.json")
+FEATURES = ("dense", "sentence", "coverage")
+
+
+@dataclass(frozen=True)
+class Signals:
+    dense: float
+    sentence: float
+    coverage: float
+
+    def vector(self) -> list[float]:
+        return [self.dense, self.sentence, self.coverage]
+
+
+@dataclass(frozen=True)
+class LanguageGate:
+    """P(relevant) = sigmoid(bias + Σ weight·signal); relevant when P ≥ threshold."""
+
+    bias: float
+    weights: tuple[float, float, float]
+    threshold: float
+
+    def probability(self, signals: Signals) -> float:
+        z = self.bias + sum(w * x for w, x in zip(self.weights, signals.vector(), strict=True))
+        return 1 / (1 + math.exp(-max(min(z, 40.0), -40.0)))
+
+
+def signals(question: str, top: Sequence[NodeWithScore], candidates: Sequence[NodeWithScore],
+            sentences: SentenceVectors | None) -> Signals:  # fmt: skip
+    """The three signals of the top sources; `candidates` (all fused candidates) weigh the terms."""
+    if not top:
+        return Signals(0.0, 0.0, 0.0)
+    dense = max(float(n.node.metadata.get("dense_score") or 0.0) for n in top)
+    sentence = max(sentences.best_sentence(question, [n.node.get_content() for n in top])) if sentences else 0.0
+    return Signals(dense, sentence, _weighted_coverage(question, top, candidates))
+
+
+def _weighted_coverage(question: str, top: Sequence[NodeWithScore], candidates: Sequence[NodeWithScore]) -> float:
+    terms = set(analyze(question))
+    if not terms:
+        return 0.0
+    pool = [set(analyze(n.node.get_content())) for n in (candidates or top)]
+    # A term in every candidate tells nothing about relevance; one in few of them tells most.
+    weight = {t: math.log(1 + len(pool) / (1 + sum(t in chunk for chunk in pool))) for t in terms}
+    total = sum(weight.values()) or 1.0
+    return max(sum(weight[t] for t in terms & set(analyze(n.node.get_content()))) / total for n in top)
+
+
+class RelevanceGate:
+    """The calibrated decision per query language; languages without one use English's."""
+
+    def __init__(self, gates: dict[str, LanguageGate]) -> None:
+        if "en" not in gates:
+            raise ValueError("the relevance gate needs at least an 'en' entry")
+        self.gates = gates
+
+    @classmethod
+    def load(cls, path: Path = GATE_FILE) -> RelevanceGate:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return cls({lang: LanguageGate(g["bias"], tuple(g["weights"]), g["threshold"]) for lang, g in data["languages"].items()})
+
+    def gate(self, question: str) -> LanguageGate:
+        return self.gates.get(detect_language(question), self.gates["en"])
+
+    def relevant(self, question: str, found: Signals) -> bool:
+        gate = self.gate(question)
+        return gate.probability(found) >= gate.threshold
+
+
+def save_gate(path: Path, gates: dict[str, LanguageGate], about: dict[str, object]) -> None:
+    payload = {"about": about, "features": list(FEATURES),
+               "languages": {lang: {**asdict(g), "weights": list(g.weights)} for lang, g in sorted(gates.items())}}  # fmt: skip
+    path.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

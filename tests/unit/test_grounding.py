@@ -1,0 +1,258 @@
+"""Citation grounding on the sample knowledge base's documents: no LLM, the real multilingual encoder
+where support crosses languages."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import httpx
+import pytest
+
+from assets.embed import UniversalSentenceEncoder
+from assets.mask import mask_secrets
+from kb.settings import PROJECT_ROOT
+from query_engine.engine import Answer, AnswerEngine, Delta, LLMUnavailable, Retrieval, SourceRef
+from query_engine.grounding import SUPPORT_THRESHOLD, GroundedStream, identifiers, support
+
+DOCS = PROJECT_ROOT / "examples" / "knowledge_base"
+
+
+def source(n: int, path: str) -> SourceRef:
+    collection, doc_id = path.split("/", 1)
+    return SourceRef(n, collection, doc_id, None, 1.0 / n, (DOCS / path).read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def sources() -> list[SourceRef]:
+    return [
+        source(1, "runbooks/database-failover.md"),
+        source(2, "runbooks/ledger-reconciliation-mismatch.md"),
+        source(3, "technical_docs/settlement-batch-zh.md"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def encoder() -> UniversalSentenceEncoder:
+    return UniversalSentenceEncoder()
+
+
+def grounded(text: str, sources: list[SourceRef], **kwargs: Any) -> tuple[str, GroundedStream]:
+    stream = GroundedStream(sources, **kwargs)
+    return stream.feed(text, final=True), stream
+
+
+def test_invented_command_and_path_are_withheld_and_named_in_the_note(sources: list[SourceRef]) -> None:
+    answer = (
+        "Never edit ledger entries by hand; corrections are compensating transactions [2].\n"
+        "1. Run `./fix_ledger.sh` to repair the entries [2].\n"
+        "2. Check /path/to/settlement-batch.log for the failed rows [2].\n"
+        "3. Create the correction with `ledgerctl adjust --case <id>`, approved by finance [2].\n"
+    )
+    text, stream = grounded(answer, sources, evidence=["How do I fix a reconciliation mismatch?"])
+    assert "fix_ledger" not in text.split("\n\n")[0] and "settlement-batch.log for" not in text
+    assert "\n3. Create the correction with `ledgerctl adjust --case <id>`, approved by finance [2].\n" in text
+    assert "\n\n2." not in text  # the left-out list items leave no empty lines behind
+    assert text.endswith("\n\nLeft out (not in the sources): `./fix_ledger.sh`, `/path/to/settlement-batch.log`.")
+    report = stream.report.as_dict()
+    assert report["withheld_sentences"] == 2
+    assert report["unsupported_identifiers"] == ["./fix_ledger.sh", "/path/to/settlement-batch.log"]
+
+
+def test_an_identifier_from_the_question_or_a_tool_result_is_not_invented(sources: list[SourceRef]) -> None:
+    answer = "The job `settlement-rerun-7f3` failed with OOMKilled [kubernetes: list_pods settlement]."
+    alone, _ = grounded(answer, sources)
+    assert alone.startswith("Left out") and "`settlement-rerun-7f3`" in alone and "`OOMKilled`" in alone
+    tool_output = '{"pods":[{"name":"settlement-rerun-7f3","reason":"OOMKilled"}]}'
+    with_evidence, stream = grounded(answer, sources, evidence=["why did the rerun fail?", tool_output])
+    assert with_evidence == answer  # a tool label is a citation: no document marker is added to it
+    assert stream.report.withheld_sentences == 0
+
+
+def test_what_an_earlier_answer_left_out_stays_out(sources: list[SourceRef]) -> None:
+    first, _ = grounded("Run `./fix_ledger.sh` to repair the ledger entries [2].", sources)
+    assert first == "Left out (not in the sources): `./fix_ledger.sh`."
+    again, stream = grounded("Run `./fix_ledger.sh` to repair the ledger entries [2].", sources, evidence=["and now?", first])
+    assert again == first and stream.report.withheld_sentences == 1
+
+
+def test_a_marker_of_a_source_that_does_not_support_the_sentence_moves_to_the_one_that_does(
+    sources: list[SourceRef],
+) -> None:
+    text, stream = grounded("Never edit ledger entries by hand; corrections are compensating transactions [1].", sources)
+    assert text == "Never edit ledger entries by hand; corrections are compensating transactions [2]."
+    assert stream.report.dropped_markers == 1 and stream.report.supported_citations == 1
+
+
+def test_a_general_knowledge_answer_keeps_no_marker(sources: list[SourceRef], encoder: UniversalSentenceEncoder) -> None:
+    for kwargs in ({}, {"encoder": encoder}):
+        text, stream = grounded("The capital of France is Paris [1].", sources[1:2], **kwargs)
+        assert text == "The capital of France is Paris."
+        assert stream.report.cited_sentences == 0 and stream.report.dropped_markers == 1
+
+
+def test_an_invalid_marker_is_dropped(sources: list[SourceRef]) -> None:
+    text, stream = grounded("Patroni promotes a replica automatically within 30 seconds [9][1].", sources)
+    assert text == "Patroni promotes a replica automatically within 30 seconds [1]."
+    assert stream.report.dropped_markers == 1
+    short, _ = grounded("See [9].", sources)  # too short to judge, but [9] names no source
+    assert short == "See."
+
+
+def test_grouped_markers_keep_only_the_supporting_sources(sources: list[SourceRef]) -> None:
+    text, _ = grounded("If automatic failover did not happen, run the failover with a candidate replica [1, 2].", sources)
+    assert text == "If automatic failover did not happen, run the failover with a candidate replica [1]."
+
+
+def test_a_russian_sentence_citing_the_english_source_it_restates_keeps_its_marker(
+    sources: list[SourceRef], encoder: UniversalSentenceEncoder
+) -> None:
+    restated = "Patroni автоматически повышает реплику до ведущего узла в течение 30 секунд [1]."
+    assert support(restated, sources[0].text, encoder) >= SUPPORT_THRESHOLD
+    assert support(restated, sources[0].text, None) < SUPPORT_THRESHOLD  # words alone cannot see it
+    text, stream = grounded(restated, sources, language="ru", encoder=encoder)
+    assert text == restated and stream.report.supported_citations == 1
+    unrelated = "Столица Франции — Париж, крупнейший город страны [1]."
+    text, _ = grounded(unrelated, sources, language="ru", encoder=encoder)
+    assert text == "Столица Франции — Париж, крупнейший город страны."
+
+
+def test_a_chinese_sentence_without_a_marker_gets_the_english_source_it_restates(
+    sources: list[SourceRef], encoder: UniversalSentenceEncoder
+) -> None:
+    text, _ = grounded("如果自动故障转移没有发生，请运行 `patronictl failover --candidate <replica>`。", sources, language="zh",
+                       encoder=encoder)  # fmt: skip
+    assert text == "如果自动故障转移没有发生，请运行 `patronictl failover --candidate <replica>` [1]。"
+
+
+def test_numbers_in_a_source_pass_and_numbers_in_none_are_withheld(sources: list[SourceRef]) -> None:
+    kept = (
+        "Patroni promotes a replica within 30 seconds; the database listens on port 5432 [1].\n"
+        "金额差异超过 0.01 欧元的交易会生成对账工单，并在 30 分钟后重试[3]。"
+    )
+    text, stream = grounded(kept, sources)
+    assert text == kept and stream.report.withheld_sentences == 0
+    text, stream = grounded("The batch retries after 45 minutes, at most 12 times [3].", sources, language="ru")
+    assert text == "Опущено (этого нет в источниках): `45`, `12`."
+    assert identifiers("1. Open the case\n2. Check 7.5 and 10:00, 3 times") == ["7.5", "10:00"]  # not "1." nor "3"
+
+
+def test_a_fenced_code_block_is_one_unit(sources: list[SourceRef]) -> None:
+    answer = (
+        "Check the cluster state first:\n```bash\npatronictl -c /etc/patroni.yml list\n```\n"
+        "Then repair it:\n```bash\n# repair\n./fix_ledger.sh --force\n```\nDone.\n"
+    )
+    text, stream = grounded(answer, sources, language="zh")
+    assert "```bash\npatronictl -c /etc/patroni.yml list\n```\n" in text
+    assert "--force" not in text.split("\n\n")[0] and "Done." in text
+    assert text.endswith("\n\n已省略（来源中没有这些内容）：`./fix_ledger.sh`, `--force`。")
+    assert stream.report.withheld_sentences == 1
+
+
+def test_what_the_note_and_report_repeat_is_redacted(sources: list[SourceRef]) -> None:
+    answer = "Connect with postgres://ledger_admin:Hunter2Secret@ledger-db:5432/ledger to check it [1]."
+    text, stream = grounded(answer, sources, redact=lambda t: mask_secrets(t).text)
+    assert "Hunter2Secret" not in text and "Hunter2Secret" not in str(stream.report.as_dict())
+    assert "[MASKED:" in text and stream.report.withheld_sentences == 1
+
+
+ANSWER = """## Failover
+
+The primary of ledger-db is unreachable [1]. Patroni promotes a replica automatically within 30 seconds. [1]
+1. Confirm it with `patronictl -c /etc/patroni.yml list` [1][9].
+2. Run `./fix_ledger.sh` [2].
+3. 如果结算文件在 04:00 UTC 之前没有到达，批处理会告警并在 30 分钟后重试[3]。结算可以安全地重新运行！
+```sql
+SELECT * FROM ledger_entries;
+```
+Never edit ledger entries by hand [1]? Is 3.14 a number... e.g.x or file.yaml
+"""
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_streaming_in_small_deltas_gives_the_same_text_as_one_feed(sources: list[SourceRef], seed: int) -> None:
+    whole, reference = grounded(ANSWER, sources)
+    rng = random.Random(seed)
+    stream, parts, cursor = GroundedStream(sources), [], 0
+    while cursor < len(ANSWER):
+        size = 1 if seed == 0 else rng.randint(1, 9)
+        parts.append(stream.feed(ANSWER[cursor : cursor + size]))
+        cursor += size
+    parts.append(stream.feed("", final=True))
+    assert "".join(parts) == whole
+    assert stream.report == reference.report
+    assert "[9]" not in whole and "fix_ledger" not in whole.split("\n\nLeft out")[0]
+    assert "Patroni promotes a replica automatically within 30 seconds. [1]\n" in whole  # a marker after the full stop stays
+    assert "Never edit ledger entries by hand?" in whole  # a question states nothing: its marker goes
+
+
+def test_a_completed_sentence_is_emitted_before_the_answer_ends(sources: list[SourceRef]) -> None:
+    stream = GroundedStream(sources)
+    assert stream.feed("Patroni promotes a replica automatically within 30 seconds") == ""
+    assert stream.feed(" [1].") == ""  # the next character decides whether the sentence ends
+    assert stream.feed(" Then verify") == "Patroni promotes a replica automatically within 30 seconds [1]."
+    assert stream.feed(" the new leader in the list.") == ""
+    assert stream.feed(" [1]") == ""  # more markers may follow the full stop
+    assert stream.feed(" Done", final=True) == " Then verify the new leader in the list. [1] Done"
+
+
+class ScriptedLLM:
+    def __init__(self, answer: str) -> None:
+        self.answer = answer
+
+    async def astream_chat(self, messages: list[Any]) -> Any:
+        async def gen() -> Any:
+            for word in self.answer.split(" "):
+                yield type("Chunk", (), {"delta": word + " "})()
+
+        return gen()
+
+
+def test_the_engine_answer_carries_the_grounding_report(sources: list[SourceRef]) -> None:
+    # The constructor loads the retrieval stack; astream needs only the LLM, the prompt sizes and `retrieve`.
+    engine = AnswerEngine.__new__(AnswerEngine)
+    engine.embedder = None  # type: ignore[assignment]
+    engine.context_window, engine.max_answer_tokens = 4096, 256
+    engine.retrieve = lambda *args: Retrieval(sources, {}, True)  # type: ignore[method-assign]
+    answer_text = "Run `./fix_ledger.sh` now [2]. Never edit ledger entries by hand [1]."
+
+    async def run() -> list[Delta | Answer]:
+        return [e async for e in engine.astream("How do I fix a mismatch?", llm=ScriptedLLM(answer_text))]  # type: ignore[arg-type]
+
+    events = asyncio.run(run())
+    final = events[-1]
+    assert isinstance(final, Answer)
+    assert "".join(e.text for e in events if isinstance(e, Delta)) == final.text
+    assert final.text.startswith("Never edit ledger entries by hand [2].") and "`./fix_ledger.sh`." in final.text
+    assert final.grounding["withheld_sentences"] == 1 and final.grounding["unsupported_identifiers"] == ["./fix_ledger.sh"]
+    assert [s.cited for s in final.sources] == [False, True, False]
+
+
+def test_the_engine_still_reports_a_dead_llm_while_grounding_prepares(
+    sources: list[SourceRef], encoder: UniversalSentenceEncoder
+) -> None:
+    class DeadLLM:
+        async def astream_chat(self, messages: list[Any]) -> Any:
+            raise httpx.ConnectError("connection refused")
+
+    engine = AnswerEngine.__new__(AnswerEngine)
+    engine.embedder = encoder
+    engine.context_window, engine.max_answer_tokens = 4096, 256
+    engine.retrieve = lambda *args: Retrieval(sources, {}, True)  # type: ignore[method-assign]
+
+    async def run() -> None:
+        async for _ in engine.astream("Как перезапустить батч?", llm=DeadLLM()):  # type: ignore[arg-type]
+            pass
+
+    with pytest.raises(LLMUnavailable):
+        asyncio.run(run())
+
+
+def test_a_question_repeated_back_gets_no_marker() -> None:
+    source = SourceRef(
+        1, "technical_docs", "warsaw.md", None, 1.0, "Polonia Warsaw won the national hockey championship in 2023."
+    )
+    stream = GroundedStream([source], ["Who won the hockey championship in 2023?"], "en")
+    text = stream.feed("Who won the hockey championship in 2023 [1]? ", final=True)
+    assert "[1]" not in text

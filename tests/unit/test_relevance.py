@@ -1,0 +1,81 @@
+"""The calibrated relevance gate, its calibration, and the language-aware fusion weights of reranking."""
+
+from __future__ import annotations
+
+import numpy as np
+from llama_index.core.schema import NodeWithScore, TextNode
+
+from evals.calibrate import Sample, fit_gate, fit_logistic, rates
+from query_engine.relevance import LanguageGate, RelevanceGate, Signals, _weighted_coverage
+from query_engine.rerank import EvidenceReranker, sentences
+
+
+def node(text: str, **metadata: object) -> NodeWithScore:
+    return NodeWithScore(node=TextNode(text=text, metadata=dict(metadata)), score=0.0)
+
+
+def test_the_packaged_gate_covers_every_supported_language() -> None:
+    gate = RelevanceGate.load()
+    assert {"en", "ru", "zh"} <= set(gate.gates)
+    for language_gate in gate.gates.values():
+        assert 0.0 < language_gate.threshold < 1.0
+        # More evidence never makes a source less relevant.
+        weak, strong = Signals(0.1, 0.1, 0.1), Signals(0.9, 0.9, 0.9)
+        assert language_gate.probability(strong) > language_gate.probability(weak)
+    assert gate.gate("Какой срок хранения?") is gate.gates["ru"]
+    assert gate.gate("保留期是多久?") is gate.gates["zh"]
+
+
+def test_coverage_weighs_rare_terms_over_words_every_candidate_has() -> None:
+    pool = [node(f"The ledger is the source of truth for balances, part {i}.") for i in range(9)]
+    pool.append(node("Kafka retention of the payments.events topic is seven days."))
+    # "the" and "of" are in every candidate; "retention" and "kafka" in one.
+    on_topic = _weighted_coverage("What is the retention of the Kafka topic?", [pool[-1]], pool)
+    off_topic = _weighted_coverage("What is the capital of France?", pool[:1], pool)
+    assert on_topic > 0.6
+    assert off_topic < 0.3
+
+
+def test_calibration_refuses_at_most_the_target_share_of_answerable_questions() -> None:
+    rng = np.random.default_rng(7)
+    samples = [
+        Sample("c", "pos" if relevant else "neg", f"q{i}", "en", tuple(rng.normal(0.6 if relevant else 0.3, 0.1, 3)), relevant)
+        for i, relevant in enumerate([True] * 200 + [False] * 200)
+    ]
+    gate = fit_gate(samples, target_refusal=0.05)
+    measured = rates(gate, samples)
+    assert measured["refused_answerable"] <= 0.05
+    assert measured["refused_unanswerable"] > 0.8  # well separated signals: most negatives refused
+    bias, weights = fit_logistic(np.array([s.signals for s in samples]), np.array([s.relevant for s in samples], dtype=float))
+    assert all(w > 0 for w in weights) and bias < 0
+
+
+def test_a_gate_without_english_is_refused() -> None:
+    try:
+        RelevanceGate({"ru": LanguageGate(0.0, (1.0, 1.0, 1.0), 0.5)})
+    except ValueError as exc:
+        assert "en" in str(exc)
+    else:
+        raise AssertionError("a gate without a fallback language was accepted")
+
+
+def test_bm25_counts_less_for_a_chunk_in_another_language_than_the_question() -> None:
+    reranker = EvidenceReranker(collection_weights={"docs": 0.5}, cross_language_dense_weight=0.9)
+    same = node("Срок хранения", collection="docs", lang="ru")
+    other = node("Retention", collection="docs", lang="en")
+    unknown = node("Retention", collection="elsewhere")
+    assert reranker._dense_weight(same, "ru") == 0.5
+    assert reranker._dense_weight(other, "ru") == 0.9
+    assert reranker._dense_weight(unknown, "ru") == reranker.dense_weight
+
+
+def test_sentences_split_prose_in_every_script() -> None:
+    assert sentences("Retries run every 30 minutes. The batch is idempotent! Can it be re-run? Yes.") == [
+        "Retries run every 30 minutes.",
+        "The batch is idempotent!",
+        "Can it be re-run?",
+    ]
+    assert sentences("批处理每30分钟重试一次。批处理是幂等的,可以重新运行。") == [
+        "批处理每30分钟重试一次。",
+        "批处理是幂等的,可以重新运行。",
+    ]
