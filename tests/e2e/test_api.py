@@ -51,11 +51,15 @@ def test_openai_sdk_streams_the_answer_and_ends_with_sources(platform: RunningPl
         if chunk.choices and chunk.choices[0].delta.content:
             parts.append(chunk.choices[0].delta.content)
         last = chunk
-    assert len(parts) > 3  # streamed in pieces, not one block
+    # Streamed sentence by sentence: grounding checks each sentence before it is sent (a sentence stating
+    # something no source holds is left out), so every completed sentence is its own piece.
+    text = "".join(parts)
+    sentences = [x for x in re.split(r"(?<=[.!?])\s+", text.split("\n\nLeft out")[0].strip()) if x]
+    assert len(parts) >= len(sentences) >= 1
     assert last is not None and last.choices[0].finish_reason == "stop"
     sources = last.model_extra["sources"]
     assert {"kafka-topic-payments-events.yaml", "adr-0007-kafka-for-payment-events.md"} & {s["path"] for s in sources}
-    assert_cited("".join(parts), sources)
+    assert_cited(text, sources)
 
 
 def test_query_api_returns_answer_sources_and_stage_timings(platform: RunningPlatform) -> None:
