@@ -27,7 +27,7 @@ from evals.datasets import load_dataset
 from evals.suite import ingested
 from kb.settings import EmbeddingSettings, PlatformSettings
 from query_engine.engine import AnswerEngine
-from query_engine.relevance import FEATURES, GATE_FILE, LanguageGate, RelevanceGate, save_gate
+from query_engine.relevance import FEATURES, GATE_FILE, LanguageGate, RelevanceGate, Signals, save_gate
 from query_engine.rerank import default_reranker
 
 # Question pools: (set, variant, how many). Translations of one xquad question are separate pools.
@@ -140,9 +140,7 @@ def fit_gate(samples: list[Sample], target_refusal: float) -> LanguageGate:
     return LanguageGate(bias, gate.weights, float(cut))
 
 
-def _signals(sample: Sample) -> Any:
-    from query_engine.relevance import Signals
-
+def _signals(sample: Sample) -> Signals:
     return Signals(*sample.signals)
 
 

@@ -66,11 +66,13 @@ def _weighted_coverage(question: str, top: Sequence[NodeWithScore], candidates: 
     terms = set(analyze(question))
     if not terms:
         return 0.0
-    pool = [set(analyze(n.node.get_content())) for n in (candidates or top)]
+    # Each text is analysed once: the top sources are among the candidates (the reranked list).
+    analysed = {id(n): set(analyze(n.node.get_content())) for n in (*candidates, *top)}
+    pool = [analysed[id(n)] for n in (candidates or top)]
     # A term in every candidate tells nothing about relevance; one in few of them tells most.
     weight = {t: math.log(1 + len(pool) / (1 + sum(t in chunk for chunk in pool))) for t in terms}
     total = sum(weight.values()) or 1.0
-    return max(sum(weight[t] for t in terms & set(analyze(n.node.get_content()))) / total for n in top)
+    return max(sum(weight[t] for t in terms & analysed[id(n)]) / total for n in top)
 
 
 class RelevanceGate:
