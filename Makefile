@@ -4,7 +4,7 @@ UV := python3 -m uv
 export HF_HUB_OFFLINE := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup browser docker up test test-fast lint bench eval
+.PHONY: setup browser docker ldap up test test-fast lint bench eval
 
 # All extras: the 1.5B model parts (`kb up`) and the 0.5B ones (tests); uv sync is exact, so one set for both.
 .venv/.synced: pyproject.toml uv.lock
@@ -22,13 +22,17 @@ browser:
 docker:
 	(command -v dockerd >/dev/null 2>&1 && test -x /bin/busybox) || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io busybox-static >/dev/null)
 
+# Debian's OpenLDAP server and tools for the LDAP sign-in tests (tests/slapd.py starts its own slapd).
+ldap:
+	command -v slapd >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slapd ldap-utils >/dev/null)
+
 up: setup
 	$(UV) run --frozen kb up
 
-test: setup browser docker
+test: setup browser docker ldap
 	$(UV) run --frozen pytest
 
-test-fast: setup docker
+test-fast: setup docker ldap
 	$(UV) run --frozen pytest -m "not e2e and not answers"
 
 lint: setup

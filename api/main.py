@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.routes import chat, health, query, sessions, webhooks
+from api.auth import Caller, current_caller
+from api.routes import auth, chat, health, query, sessions, webhooks
 from api.state import AppState, build_state, static_dir
+from api.validation import InputGuard
+from api.validation import error_response as _error
+from assets.mask import mask_log_handlers
 from connectors.docs import build_kb_server
 from query_engine.knowledge import EngineKnowledgeBase
-
-
-def _error(status: int, message: str, kind: str) -> JSONResponse:
-    # OpenAI's error shape, so SDKs surface the message.
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status}, "detail": message}, status_code=status)
 
 
 def create_app(state: AppState | None = None) -> FastAPI:
@@ -26,6 +27,7 @@ def create_app(state: AppState | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        mask_log_handlers()  # uvicorn has set up its handlers by now: nothing it logs carries a secret
         app.state.kb = state or build_state()
         await app.state.kb.start_connectors()
         try:
@@ -38,18 +40,17 @@ def create_app(state: AppState | None = None) -> FastAPI:
         title="kb", description="Answers with sources from the team's knowledge base.", version="0.1.0", lifespan=lifespan
     )
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        limit = request.app.state.kb.api.max_request_bytes
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            return _error(413, f"request body over {limit} bytes", "request_too_large")
-        return await call_next(request)
+    # NUL bytes, integer ranges, body size (Content-Length or chunked) and JSON depth: 4xx before any route runs.
+    app.add_middleware(InputGuard, max_body_bytes=lambda: app.state.kb.api.max_request_bytes)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        kinds = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error", 503: "service_unavailable"}
-        return _error(exc.status_code, str(exc.detail), kinds.get(exc.status_code, "error"))
+    # Starlette's class: FastAPI's HTTPException is a subclass, and unknown paths (404) and methods (405) raise it.
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kinds = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+                 429: "rate_limit_error", 503: "service_unavailable"}  # fmt: skip
+        response = _error(exc.status_code, str(exc.detail), kinds.get(exc.status_code, "error"))
+        response.headers.update(exc.headers or {})  # WWW-Authenticate on 401, Retry-After on 429
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -60,12 +61,38 @@ def create_app(state: AppState | None = None) -> FastAPI:
     def page() -> FileResponse:
         return FileResponse(static_dir() / "chat.html")
 
-    for module in (chat, query, sessions, webhooks, health):
+    for module in (auth, chat, query, sessions, webhooks, health):
         app.include_router(module.router)
-    # The knowledge base as an MCP server (streamable HTTP) for IDE agents, next to the HTTP API.
-    kb_mcp = build_kb_server(LazyKnowledgeBase(app))
+    # The knowledge base as an MCP server (streamable HTTP) for IDE agents, next to the HTTP API; each call
+    # reads what the request's bearer may read (MCPAuth below signs the request in).
+    lazy = LazyKnowledgeBase(app)
+    kb_mcp = build_kb_server(lazy, scope_for=lazy.for_request)
     app.router.routes.extend(kb_mcp.streamable_http_app(streamable_http_path="/mcp").routes)
+    app.add_middleware(MCPAuth)
     return app
+
+
+class MCPAuth:
+    """Signs in requests to /mcp with the API's own credentials and limits (the MCP routes are plain
+    Starlette routes, outside FastAPI's dependencies); the caller rides on the request's state."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not str(scope.get("path", "")).startswith("/mcp"):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        try:
+            await current_caller(request, request.app.state.kb)
+        except HTTPException as exc:
+            kind = {401: "authentication_error", 429: "rate_limit_error"}.get(exc.status_code, "error")
+            response = _error(exc.status_code, str(exc.detail), kind)
+            response.headers.update(exc.headers or {})
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class LazyKnowledgeBase:
@@ -76,6 +103,16 @@ class LazyKnowledgeBase:
 
     def _kb(self) -> EngineKnowledgeBase:
         return self.app.state.kb.knowledge  # type: ignore[no-any-return]
+
+    def for_request(self, request: Any) -> EngineKnowledgeBase:
+        """The knowledge base as the request's signed-in caller may read it."""
+        caller = getattr(getattr(request, "state", None), "caller", None)
+        if not isinstance(caller, Caller):
+            raise PermissionError("not signed in")
+        readable = sorted(caller.access.collections)
+        if not readable:
+            raise PermissionError(f"role(s) {', '.join(caller.access.roles) or 'none'} may not read any collection")
+        return self._kb().scoped(readable, caller.access.groups)
 
     def collections(self) -> list[dict[str, Any]]:
         return self._kb().collections()

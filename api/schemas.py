@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# Bounds on what reaches the index and PostgreSQL; the body limit (APISettings.max_request_bytes) caps the rest.
+Name = Annotated[str, Field(min_length=1, max_length=100)]
+FilterValue = Annotated[str, Field(max_length=500)]
+Collections = Annotated[list[Name], Field(max_length=20, description="At most 20 collection names.")]
+Filters = Annotated[
+    dict[Name, FilterValue | Annotated[list[FilterValue], Field(max_length=50)]],
+    Field(max_length=20, description="At most 20 metadata keys, each a value or a list of up to 50."),
+]
+User = Annotated[str, Field(max_length=200)]  # kb_sessions.user is varchar(200)
+MessageText = Annotated[str, Field(max_length=100_000)]
+ContentParts = Annotated[list[dict[str, Any]], Field(max_length=100)]
 
 
 class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: MessageText | ContentParts | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):  # OpenAI content parts: keep the text parts
@@ -24,23 +36,23 @@ class ChatCompletionRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(description="'default' or a name from GET /v1/models.")
+    model: str = Field(max_length=200, description="'default' or a name from GET /v1/models.")
     messages: list[ChatMessageIn] = Field(min_length=1, max_length=200)
     stream: bool = False
-    user: str | None = None
+    user: User | None = None
     max_tokens: int | None = Field(default=None, ge=1, le=4096)
-    session_id: str | None = Field(default=None, description="Extra: continue this stored conversation.")
-    collections: list[str] | None = Field(default=None, description="Extra: search only these collections.")
-    filters: dict[str, str | list[str]] | None = Field(default=None, description="Extra: metadata filters (lang, namespace, …).")
+    session_id: str | None = Field(default=None, max_length=64, description="Extra: continue this stored conversation.")
+    collections: Collections | None = Field(default=None, description="Extra: search only these collections.")
+    filters: Filters | None = Field(default=None, description="Extra: metadata filters (lang, namespace, …).")
 
 
 class QueryRequest(BaseModel):
     question: str = Field(min_length=1, max_length=4000)
-    collections: list[str] | None = None
-    filters: dict[str, str | list[str]] | None = None
+    collections: Collections | None = None
+    filters: Filters | None = None
     answer: bool = Field(default=True, description="False: sources and timings only, no LLM call.")
     agent: bool = Field(default=False, description="True: answer through the agent (live connectors and the knowledge base).")
-    user: str | None = Field(default=None, max_length=200)
+    user: User | None = None
 
 
 class Source(BaseModel):

@@ -13,10 +13,18 @@ from llama_index.core.llms import LLM
 
 from assets.collections import CollectionSpec, load_specs
 from assets.index import PgVectorIndex, QdrantIndex, VectorIndex
-from connectors.config import ConnectorsConfig, load_connectors
+from connectors.config import OURS, ConnectorsConfig, load_connectors
+from kb.access.audit import AuditLog, audit_key
+from kb.access.identity import Identity
+from kb.access.keys import KeyStore
+from kb.access.ldap import LDAPAuthenticator
+from kb.access.oidc import OIDCVerifier
+from kb.access.ratelimit import RateLimiter
+from kb.access.roles import Access, RolesConfig, load_roles
 from kb.settings import (
     AgentSettings,
     APISettings,
+    AuthSettings,
     EmbeddingSettings,
     IndexSettings,
     LLMSettings,
@@ -31,7 +39,7 @@ from query_engine.llm import build_llm
 from query_engine.memory import SessionStore, migrate
 from query_engine.rerank import default_reranker
 from query_engine.routing import TASKS
-from query_engine.tools.guard import Guard, PostgresCallLog
+from query_engine.tools.guard import Guard, PostgresCallLog, ToolCall
 from query_engine.tools.mcp_client import ConnectorClients
 
 
@@ -47,9 +55,47 @@ class AppState:
     database_url: str
     llm_base_url: str
     connectors: ConnectorsConfig = field(default_factory=ConnectorsConfig)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    roles: RolesConfig | None = None
+    audit_key: bytes | None = None
     guard: Guard | None = None
     clients: ConnectorClients | None = None
     agent: Agent | None = None
+
+    @cached_property
+    def keys(self) -> KeyStore:
+        return KeyStore(self.database_url, self.sessions.engine)
+
+    @cached_property
+    def limiter(self) -> RateLimiter:
+        return RateLimiter(self.sessions.engine)
+
+    @cached_property
+    def audit(self) -> AuditLog:
+        return AuditLog(self.database_url, self.audit_key or audit_key(self.platform.data_dir, self.auth.audit_key))
+
+    @cached_property
+    def role_config(self) -> RolesConfig:
+        return self.roles or load_roles(self.auth.roles_file)
+
+    @cached_property
+    def oidc(self) -> OIDCVerifier | None:
+        a = self.auth
+        if not (a.oidc_issuer and a.oidc_audience and a.oidc_jwks_url):
+            return None
+        return OIDCVerifier(a.oidc_issuer, a.oidc_audience, a.oidc_jwks_url, groups_claim=a.oidc_groups_claim,
+                            username_claim=a.oidc_username_claim)  # fmt: skip
+
+    @cached_property
+    def ldap(self) -> LDAPAuthenticator | None:
+        a = self.auth
+        if not (a.ldap_url and a.ldap_user_dn_template):
+            return None
+        return LDAPAuthenticator(a.ldap_url, a.ldap_user_dn_template, a.ldap_group_base or "", group_filter=a.ldap_group_filter)
+
+    def access_of(self, identity: Identity) -> Access:
+        """What `identity` may read among the configured collections and connectors."""
+        return self.role_config.access(identity, [s.name for s in self.specs], [*OURS, *self.connectors.external])
 
     @cached_property
     def knowledge(self) -> EngineKnowledgeBase:
@@ -59,7 +105,7 @@ class AppState:
     async def start_connectors(self) -> None:
         """One MCP session per live connector; the agent answers chat once any is on."""
         if self.guard is None:
-            self.guard = Guard(self.connectors, PostgresCallLog(self.database_url))
+            self.guard = Guard(self.connectors, AuditedCallLog(PostgresCallLog(self.database_url), self.audit))
         if not self.connectors.live() or self.engine.llm is None:
             return
         self.clients = await ConnectorClients(self.connectors, connectors_file()).start()
@@ -100,13 +146,27 @@ class AppState:
             return False
 
 
+@dataclass
+class AuditedCallLog:
+    """Every tool call in kb_tool_calls (the connectors' own record) and in the audit chain."""
+
+    calls: PostgresCallLog
+    audit: AuditLog
+
+    def record(self, call: ToolCall) -> None:
+        self.calls.record(call)
+        self.audit.record(call.user, "tool_call", target=f"{call.connector}.{call.tool}", outcome=call.outcome,
+                          detail={"arguments": call.arguments, "ms": call.ms, "cached": call.cached})  # fmt: skip
+
+
 def llm_base_url(llm: LLMSettings, platform: PlatformSettings) -> str:
     return llm.base_url or f"http://{platform.host}:{llm.port}/v1"
 
 
 def build_state() -> AppState:
     platform, postgres, index_settings = PlatformSettings(), PostgresSettings(), IndexSettings()
-    embedding, api, llm_settings = EmbeddingSettings(), APISettings(), LLMSettings()
+    embedding, api, llm_settings, auth = EmbeddingSettings(), APISettings(), LLMSettings(), AuthSettings()
+    check_auth_mode(auth, api)
     url = database_url(platform, postgres)
     migrate(url)
     index: VectorIndex = (
@@ -123,7 +183,13 @@ def build_state() -> AppState:
     engine = AnswerEngine(index, embedder, [s.name for s in specs], reranker, llm, llm_settings.context_window,
                           llm_settings.max_answer_tokens, dense_languages=embedding.languages)  # fmt: skip
     return AppState(platform, api, llm_settings, specs, index, engine, SessionStore(url), url, base_url,
-                    load_connectors(connectors_file()))  # fmt: skip
+                    load_connectors(connectors_file()), auth, load_roles(auth.roles_file))  # fmt: skip
+
+
+def check_auth_mode(auth: AuthSettings, api: APISettings) -> None:
+    """Sign-in can be turned off only on an operator's own machine."""
+    if auth.mode == "off" and api.environment != "local":
+        raise ValueError("KB_AUTH_MODE=off is only allowed with KB_API_ENVIRONMENT=local")
 
 
 def connectors_file() -> Path | None:

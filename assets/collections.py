@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 # Bump when parsing, masking or chunking changes output, so every document is re-chunked.
-PIPELINE_VERSION = "3"
+PIPELINE_VERSION = "4"
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 

@@ -17,9 +17,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from assets.extract import ACL_KEY, parse_groups
 from assets.sparse import DIMENSIONS, SparseVector
 
 Filters = Mapping[str, str | Sequence[str]]
+# The caller's groups for document access lists (None: no restriction); see VectorIndex.dense_search.
+Groups = Sequence[str] | None
 _SAFE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 BULK_LOAD_ROWS = 2000
 
@@ -79,16 +82,21 @@ class VectorIndex(ABC):
     def count(self, collection: str) -> int: ...
 
     @abstractmethod
-    def document_chunks(self, collection: str, doc_id: str) -> list[Hit]:
+    def document_chunks(self, collection: str, doc_id: str, groups: Groups = None) -> list[Hit]:
         """The stored chunks of one document in order (score 0): what a source link shows."""
 
     @abstractmethod
     def dense_search(
-        self, collection: str, vector: NDArray[np.float32], limit: int, filters: Filters | None = None
-    ) -> list[Hit]: ...
+        self, collection: str, vector: NDArray[np.float32], limit: int, filters: Filters | None = None, groups: Groups = None
+    ) -> list[Hit]:
+        """Nearest chunks by cosine. `groups` (every search takes it): None reads every chunk; a sequence
+        reads only chunks without an access list or whose access list names one of these groups, filtered
+        inside the search, before any ranking, so a chunk the caller may not read is never counted."""
 
     @abstractmethod
-    def sparse_search(self, collection: str, terms: Sequence[int], limit: int, filters: Filters | None = None) -> list[Hit]:
+    def sparse_search(
+        self, collection: str, terms: Sequence[int], limit: int, filters: Filters | None = None, groups: Groups = None
+    ) -> list[Hit]:
         """BM25: stored saturated term frequencies times the terms' IDF in this collection."""
 
     @abstractmethod
@@ -132,6 +140,14 @@ def candidate_terms(frequencies: Mapping[int, int], total: int, limit: int, comm
         selected.append(term)
         selected_df += df
     return selected
+
+
+def stored_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Metadata as the index stores it: the access list as a list of groups, so both backends filter on it."""
+    stored = dict(metadata)
+    if ACL_KEY in stored:
+        stored[ACL_KEY] = parse_groups(stored[ACL_KEY])
+    return stored
 
 
 def _as_list(value: str | Sequence[str]) -> list[str]:
@@ -246,7 +262,8 @@ class PgVectorIndex(VectorIndex):
             with cur.copy(f"COPY kb_staging ({columns}) FROM STDIN") as copy:
                 for p in upserts:
                     sparse = PgSparse(dict(zip(p.sparse.indices, p.sparse.values, strict=True)), DIMENSIONS)
-                    copy.write_row((p.chunk_id, p.doc_id, p.doc_hash, p.chunk_no, p.chunk_hash, p.text, Jsonb(p.metadata),
+                    meta = Jsonb(stored_metadata(p.metadata))
+                    copy.write_row((p.chunk_id, p.doc_id, p.doc_hash, p.chunk_no, p.chunk_hash, p.text, meta,
                                     p.dense, sparse, list(p.sparse.indices)))  # fmt: skip
             # Rows about to be replaced or deleted leave the document frequencies first.
             cur.execute(
@@ -284,26 +301,31 @@ class PgVectorIndex(VectorIndex):
         rows = self._rows_if_exists(f"SELECT count(*) FROM {self._table(collection)}")
         return int(rows[0][0]) if rows else 0
 
-    def document_chunks(self, collection: str, doc_id: str) -> list[Hit]:
+    def document_chunks(self, collection: str, doc_id: str, groups: Groups = None) -> list[Hit]:
+        where, params = self._where(None, groups)
         rows = self._rows_if_exists(
-            f"SELECT id, doc_id, 0.0, text, metadata FROM {self._table(collection)} WHERE doc_id = %s ORDER BY chunk_no",
-            (doc_id,),
+            f"SELECT id, doc_id, 0.0, text, metadata FROM {self._table(collection)} WHERE doc_id = %s{where} ORDER BY chunk_no",
+            (doc_id, *params),
         )
         return self._hits(rows)
 
     @staticmethod
-    def _where(filters: Filters | None) -> tuple[str, list[Any]]:
+    def _where(filters: Filters | None, groups: Groups = None) -> tuple[str, list[Any]]:
         clauses, params = [], []
         for key, value in (filters or {}).items():
             clauses.append("metadata->>%s = ANY(%s)")
             params.extend([key, _as_list(value)])
+        if groups is not None:
+            clauses.append(f"(NOT metadata ? '{ACL_KEY}' OR metadata->'{ACL_KEY}' ?| %s::text[])")
+            params.append(list(groups))
         return (" AND " + " AND ".join(clauses)) if clauses else "", params
 
     def _hits(self, rows: Sequence[tuple[Any, ...]]) -> list[Hit]:
         return [Hit(str(r[0]), r[1], float(r[2]), r[3], r[4]) for r in rows]
 
-    def dense_search(self, collection: str, vector: NDArray[np.float32], limit: int, filters: Filters | None = None) -> list[Hit]:
-        where, params = self._where(filters)
+    def dense_search(self, collection: str, vector: NDArray[np.float32], limit: int, filters: Filters | None = None,
+                     groups: Groups = None) -> list[Hit]:  # fmt: skip
+        where, params = self._where(filters, groups)
         rows = self._rows_if_exists(
             f"""SELECT id, doc_id, 1 - (embedding <=> %s) AS score, text, metadata FROM {self._table(collection)}
                 WHERE true{where} ORDER BY embedding <=> %s LIMIT %s""",
@@ -311,7 +333,8 @@ class PgVectorIndex(VectorIndex):
         )
         return self._hits(rows)
 
-    def sparse_search(self, collection: str, terms: Sequence[int], limit: int, filters: Filters | None = None) -> list[Hit]:
+    def sparse_search(self, collection: str, terms: Sequence[int], limit: int, filters: Filters | None = None,
+                      groups: Groups = None) -> list[Hit]:  # fmt: skip
         from pgvector import SparseVector as PgSparse
 
         if not terms:
@@ -324,7 +347,7 @@ class PgVectorIndex(VectorIndex):
         if not weights:
             return []
         query = PgSparse(weights, DIMENSIONS)
-        where, params = self._where(filters)
+        where, params = self._where(filters, groups)
         rows = self._rows_if_exists(
             f"""SELECT id, doc_id, -(sparse <#> %s) AS score, text, metadata FROM {self._table(collection)}
                 WHERE terms && %s::int[]{where} ORDER BY sparse <#> %s LIMIT %s""",
@@ -423,7 +446,7 @@ class QdrantIndex(VectorIndex):
                             "chunk_no": p.chunk_no,
                             "chunk_hash": p.chunk_hash,
                             "text": p.text,
-                            "metadata": p.metadata,
+                            "metadata": stored_metadata(p.metadata),
                         },
                     )  # fmt: skip
                     for p in batch
@@ -438,42 +461,59 @@ class QdrantIndex(VectorIndex):
             return 0
         return int(self._client.count(collection, exact=True).count)
 
-    def document_chunks(self, collection: str, doc_id: str) -> list[Hit]:
-        points = sorted(
-            self._scroll(collection, self._doc_filter([doc_id]), with_vectors=False), key=lambda p: p.payload["chunk_no"]
-        )
+    def document_chunks(self, collection: str, doc_id: str, groups: Groups = None) -> list[Hit]:
+        selector = self._doc_filter([doc_id])
+        if groups is not None:
+            selector = type(selector)(must=[*selector.must, self._acl_condition(groups)])
+        points = sorted(self._scroll(collection, selector, with_vectors=False), key=lambda p: p.payload["chunk_no"])
         return [Hit(str(p.id), doc_id, 0.0, p.payload["text"], p.payload["metadata"]) for p in points]
 
     @staticmethod
-    def _filter(filters: Filters | None) -> Any:
+    def _acl_condition(groups: Sequence[str]) -> Any:
+        """No access list, or one naming any of `groups`."""
         from qdrant_client import models
 
-        if not filters:
-            return None
+        key = f"metadata.{ACL_KEY}"
         return models.Filter(
-            must=[models.FieldCondition(key=f"metadata.{k}", match=models.MatchAny(any=_as_list(v))) for k, v in filters.items()]
+            should=[
+                models.IsEmptyCondition(is_empty=models.PayloadField(key=key)),
+                models.FieldCondition(key=key, match=models.MatchAny(any=list(groups) or ["\0none"])),
+            ]  # fmt: skip
         )
 
-    def _query(self, collection: str, query: Any, using: str, limit: int, filters: Filters | None) -> list[Hit]:
+    @classmethod
+    def _filter(cls, filters: Filters | None, groups: Groups = None) -> Any:
+        from qdrant_client import models
+
+        must: list[Any] = [
+            models.FieldCondition(key=f"metadata.{k}", match=models.MatchAny(any=_as_list(v))) for k, v in (filters or {}).items()
+        ]
+        if groups is not None:
+            must.append(cls._acl_condition(groups))
+        return models.Filter(must=must) if must else None
+
+    def _query(self, collection: str, query: Any, using: str, limit: int, filters: Filters | None, groups: Groups) -> list[Hit]:
         if not self._client.collection_exists(collection):
             return []
         result = self._client.query_points(
-            collection, query=query, using=using, limit=limit, query_filter=self._filter(filters), with_payload=True
+            collection, query=query, using=using, limit=limit, query_filter=self._filter(filters, groups), with_payload=True
         )
         return [
             Hit(str(p.id), p.payload["doc_id"], float(p.score), p.payload["text"], p.payload["metadata"]) for p in result.points
         ]
 
-    def dense_search(self, collection: str, vector: NDArray[np.float32], limit: int, filters: Filters | None = None) -> list[Hit]:
-        return self._query(collection, vector.tolist(), self.DENSE, limit, filters)
+    def dense_search(self, collection: str, vector: NDArray[np.float32], limit: int, filters: Filters | None = None,
+                     groups: Groups = None) -> list[Hit]:  # fmt: skip
+        return self._query(collection, vector.tolist(), self.DENSE, limit, filters, groups)
 
-    def sparse_search(self, collection: str, terms: Sequence[int], limit: int, filters: Filters | None = None) -> list[Hit]:
+    def sparse_search(self, collection: str, terms: Sequence[int], limit: int, filters: Filters | None = None,
+                      groups: Groups = None) -> list[Hit]:  # fmt: skip
         from qdrant_client import models
 
         if not terms:
             return []
         query = models.SparseVector(indices=list(terms), values=[1.0] * len(terms))
-        return self._query(collection, query, self.SPARSE, limit, filters)
+        return self._query(collection, query, self.SPARSE, limit, filters, groups)
 
     def drop_collection(self, collection: str) -> None:
         if self._client.collection_exists(collection):

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from assets.extract import RawDocument
+from assets.extract import ACL_FRONT_MATTER_KEY, ACL_KEY, RawDocument, parse_groups
 
 PROSE_SUFFIXES = {".md", ".markdown", ".txt", ".rst", ".html", ".htm", ".pdf", ".docx"}
 YAML_SUFFIXES = {".yaml", ".yml"}
@@ -92,6 +92,8 @@ def parse_document(raw: RawDocument, default_kind: str, doc_hash: str) -> Parsed
         text = decode_text(raw.content)
         front, body = split_front_matter(text)
         metadata.update(front)
+        if ACL_FRONT_MATTER_KEY in front:  # the document's own access list wins over its folder's
+            metadata[ACL_KEY] = ", ".join(parse_groups(metadata.pop(ACL_FRONT_MATTER_KEY)))
         if kind == "yaml":
             sections = _yaml_sections(body)
         elif kind == "code":

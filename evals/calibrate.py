@@ -27,7 +27,7 @@ from evals.datasets import load_dataset
 from evals.suite import ingested
 from kb.settings import EmbeddingSettings, PlatformSettings
 from query_engine.engine import AnswerEngine
-from query_engine.relevance import FEATURES, GATE_FILE, LanguageGate, RelevanceGate, Signals, save_gate
+from query_engine.relevance import FEATURES, GATE_FILE, LanguageGate, RelevanceGate, Signals, gate_key, save_gate
 from query_engine.rerank import default_reranker
 
 # Question pools: (set, variant, how many). Translations of one xquad question are separate pools.
@@ -60,6 +60,8 @@ CORPORA: tuple[tuple[str, str | None, tuple[str, ...]], ...] = (
 # belong to is a negative: general questions of technical documents, technical questions of encyclopedia
 # articles, one technical set's questions of another's documents, alerts without a runbook of any corpus.
 ENCYCLOPEDIC = frozenset({*XQUAD, "cmrc2018_dev_zh", "xquad_en_ru_zh"})
+# A cross-lingual gate is fitted only with this many answerable and unanswerable pairs.
+MIN_CLASS_SAMPLES = 30
 # Collecting signals needs a gate object; its decisions are not used.
 _NEUTRAL = RelevanceGate({"en": LanguageGate(0.0, (0.0, 0.0, 0.0), 0.5)})
 
@@ -72,6 +74,11 @@ class Sample:
     language: str
     signals: tuple[float, float, float]
     relevant: bool
+    cross_lingual: bool = False  # the best source is in another language than the question
+
+    @property
+    def key(self) -> str:
+        return gate_key(self.language, self.cross_lingual)
 
 
 def pool_questions(evalsets: Path, pool: str) -> list[tuple[str, str]]:
@@ -108,7 +115,8 @@ def collect(evalsets: Path, console: Console, known: Sequence[Sample] = ()) -> l
                     for qid, text in items:
                         found = engine.retrieve(text).signals
                         assert found is not None
-                        samples.append(Sample(label, pool, qid, detect_language(text), tuple(found.vector()), pool in own))  # type: ignore[arg-type]
+                        samples.append(Sample(label, pool, qid, detect_language(text), tuple(found.vector()),  # type: ignore[arg-type]
+                                              pool in own, found.cross_lingual))  # fmt: skip
         console.log(f"{label}: {sum(s.corpus == label for s in samples)} questions")
     return samples
 
@@ -177,6 +185,19 @@ def _fold(sample: Sample) -> int:
     return hashlib.sha256(sample.question_id.encode()).digest()[0] % 2
 
 
+def gate_samples(samples: Sequence[Sample], minimum: int = MIN_CLASS_SAMPLES) -> dict[str, list[Sample]]:
+    """The samples each gate is fitted on: every question language on all of its samples, and its
+    cross-lingual key (`ru>x`) on the pairs whose best source is in another language, where both
+    classes have `minimum` samples (else that key falls back to the language's gate at run time)."""
+    fitted: dict[str, list[Sample]] = {}
+    for language in sorted({s.language for s in samples}):
+        fitted[language] = [s for s in samples if s.language == language]
+        cross = [s for s in fitted[language] if s.cross_lingual]
+        if min(sum(s.relevant for s in cross), sum(not s.relevant for s in cross)) >= minimum:
+            fitted[gate_key(language, True)] = cross
+    return fitted
+
+
 def calibrate(evalsets: Path, output: Path | None, target_refusal: float, console: Console,
               samples_file: Path | None = None) -> dict[str, Any]:  # fmt: skip
     """Collect signals (or read them from `samples_file`), fit one gate per language, write the gate file."""
@@ -189,8 +210,7 @@ def calibrate(evalsets: Path, output: Path | None, target_refusal: float, consol
         samples_file.write_text(json.dumps([s.__dict__ for s in samples]))
     samples = [s for s in samples if _counted(s)]
     gates, report = {}, {}
-    for language in sorted({s.language for s in samples}):
-        own = [s for s in samples if s.language == language]
+    for language, own in gate_samples(samples).items():
         gates[language] = fit_gate(own, target_refusal)
         folds = [
             rates(fit_gate([s for s in own if _fold(s) != k], target_refusal), [s for s in own if _fold(s) == k]) for k in (0, 1)

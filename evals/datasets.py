@@ -52,6 +52,14 @@ def _pick(folder: Path, stem: str, suffix: str, variant: str | None, fallbacks: 
     return next((folder / n for n in names if (folder / n).exists()), None)
 
 
+def _read_answers(path: Path | None) -> dict[str, list[str]]:
+    """Reference answer spans by question id (`answers` list or a single `answer`)."""
+    if path is None:
+        return {}
+    rows = ((str(a["id"]), a.get("answers") or ([a["answer"]] if a.get("answer") else [])) for a in _read_jsonl(path))
+    return {qid: [str(v) for v in values] for qid, values in rows}
+
+
 def collection_of(meta: dict[str, Any]) -> str | None:
     """`maps_to_collection` names a collection as its first word; 'none (…)' maps to none."""
     first = str(meta.get("maps_to_collection", "")).split(" ")[0].strip()
@@ -87,11 +95,12 @@ def load_dataset(
             if float(row.get("score", 1)) > 0:
                 qrels.setdefault(row["query-id"], set()).add(row["corpus-id"])
     queries = [Query(str(q["id"]), str(q[field_name])) for q in raw_queries if str(q["id"]) in qrels]
-    answers_file = _pick(path, "answers", ".jsonl", variant)
-    answers: dict[str, list[str]] = {}
-    if answers_file is not None:
-        for a in _read_jsonl(answers_file):
-            values = a.get("answers") or ([a["answer"]] if a.get("answer") else [])
-            answers[str(a["id"])] = [str(v) for v in values]
+    answers = _read_answers(_pick(path, "answers", ".jsonl", variant))
+    if corpus_variant is not None and corpus_variant != variant:
+        # Across languages a right answer may quote the source's own spelling ("Kawann Short" for
+        # "Кейван Шорт"): the corpus language's reference spans count too, where the set aligns its ids.
+        for qid, values in _read_answers(_pick(path, "answers", ".jsonl", corpus_variant)).items():
+            if qid in answers:
+                answers[qid] = [*answers[qid], *(v for v in values if v not in answers[qid])]
     label_variant = variant if corpus_variant is None else f"{variant}->{corpus_variant}"
     return EvalSet(path.name, label_variant, corpus, queries, qrels, answers, meta, collection or collection_of(meta))

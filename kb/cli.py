@@ -18,6 +18,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+from kb.audit_cli import audit_app  # noqa: E402
+from kb.keys_cli import keys_app  # noqa: E402
+
 app = typer.Typer(help="Self-hosted knowledge assistant: ingestion platform and tools.", no_args_is_help=True)
 webhook_app = typer.Typer(help="Queue webhook events for the ingestion sensor.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks (figures go to the README).", no_args_is_help=True)
@@ -25,6 +28,8 @@ app.add_typer(webhook_app, name="webhook")
 eval_app = typer.Typer(help="Retrieval and answer quality on BEIR-like sets.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(eval_app, name="eval")
+app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
 console = Console(stderr=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
@@ -146,6 +151,8 @@ def up(
         with console.status("starting PostgreSQL"):
             url = runtime.start_postgres()
         runtime.apply_environment()
+        assert url is not None  # start_postgres returns DATABASE_URL or the embedded server's URL
+        admin_key = _first_admin_key(url)
         if llm.backend == "embedded":
             with console.status(f"provisioning {llm.model}"):
                 model_path = _llm_model_path(platform, llm)
@@ -178,6 +185,9 @@ def up(
         console.print(f"[bold]LLM[/]        {llm_url} ({llm.model})")
         console.print(f"[bold]API[/]        {api_url}  (OpenAI base URL {api_url}/v1, docs {api_url}/docs)")
         console.print(f"[bold]Chat page[/]  {api_url}/")
+        if admin_key:
+            console.print(f"[bold]Admin API key[/] {admin_key}\n  shown only now: keep it (Authorization: Bearer …, the chat "
+                          "page's sign-in, `kb keys create` for more); it is stored only as a hash")  # fmt: skip
         console.print("[green]platform is up[/]; Ctrl-C stops it")
         while True:
             time.sleep(1)
@@ -185,6 +195,22 @@ def up(
         console.print("stopping")
     finally:
         runtime.stop()
+
+
+def _first_admin_key(url: str) -> str | None:
+    """Secure by default: the first `kb up` creates an admin key (none when sign-in is off)."""
+    from kb.access.keys import KeyStore, first_admin_key
+    from kb.settings import AuthSettings
+    from query_engine.memory import migrate
+
+    if AuthSettings().mode == "off":
+        return None
+    migrate(url)
+    store = KeyStore(url)
+    try:
+        return first_admin_key(store)
+    finally:
+        store.close()
 
 
 @app.command()

@@ -158,3 +158,38 @@ class AgentSettings(BaseSettings):
 
     max_tool_calls: int = Field(default=6, ge=1, le=12, description="Tool calls per answer, run in parallel.")
     time_budget_s: float = Field(default=240.0, gt=0, description="Planning gets half; past it the answer uses what it has.")
+
+
+class AuthSettings(BaseSettings):
+    """Who may call the API: API keys always; OIDC bearer tokens and LDAP sign-in when configured."""
+
+    model_config = SettingsConfigDict(env_prefix="KB_AUTH_", extra="ignore")
+
+    mode: str = Field(default="on", description="'on', or 'off' (no sign-in at all; refused unless KB_API_ENVIRONMENT=local).")
+    roles_file: Path = Field(default=PROJECT_ROOT / "roles.yaml", description="Roles, their collections and connectors.")
+    session_hours: float = Field(default=12.0, gt=0, le=24 * 30, description="Lifetime of a sign-in (LDAP) session token.")
+    failed_sign_ins_per_minute: int = Field(default=5, ge=1, description="Failed password sign-ins per user name and per client.")
+    failed_bearer_per_minute: int = Field(default=30, ge=1, description="Requests with a bad bearer credential per client "
+                                          "before they get 429 (good credentials are never held back).")  # fmt: skip
+    oidc_issuer: str | None = Field(default=None, description="Issuer URL; with audience and jwks_url turns OIDC on.")
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = None
+    oidc_groups_claim: str = "groups"
+    oidc_username_claim: str = "preferred_username"
+    ldap_url: str | None = Field(default=None, description="ldap://host:389; with user_dn_template turns LDAP sign-in on.")
+    ldap_user_dn_template: str | None = Field(default=None, description='e.g. "uid={username},ou=people,dc=example,dc=org"')
+    ldap_group_base: str | None = None
+    ldap_group_filter: str = "(&(objectClass=groupOfNames)(member={user_dn}))"
+    audit_key: str | None = Field(default=None, description="HMAC key of the audit chain (hex or base64, ≥ 32 bytes); "
+                                  "default: a key file created in the data directory.")  # fmt: skip
+
+    @model_validator(mode="after")
+    def _complete_providers(self) -> Self:
+        if self.mode not in ("on", "off"):
+            raise ValueError(f"KB_AUTH_MODE must be on or off, not {self.mode!r}")
+        oidc = (self.oidc_issuer, self.oidc_audience, self.oidc_jwks_url)
+        if any(oidc) and not all(oidc):
+            raise ValueError("OIDC needs KB_AUTH_OIDC_ISSUER, KB_AUTH_OIDC_AUDIENCE and KB_AUTH_OIDC_JWKS_URL together")
+        if bool(self.ldap_url) != bool(self.ldap_user_dn_template):
+            raise ValueError("LDAP needs KB_AUTH_LDAP_URL and KB_AUTH_LDAP_USER_DN_TEMPLATE together")
+        return self

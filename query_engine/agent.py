@@ -16,10 +16,11 @@ plainly in the answer whatever the model writes.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -182,6 +183,14 @@ class Agent:
         self._known: dict[str, dict[str, list[str]]] | None = None
         self._known_at = 0.0
         self._discovering = asyncio.Lock()  # the tool-choice steps run in parallel: list once, not once each
+
+    def scoped(self, readable: Sequence[str] | None, groups: Sequence[str] | None, connectors: Collection[str]) -> Agent:
+        """This agent as one caller may use it: only the connectors their roles allow (the rest are not
+        offered to the model at all) and the knowledge base scoped to their collections and documents."""
+        view = copy.copy(self)
+        view.knowledge = self.knowledge.scoped(readable, groups)
+        view.tools = [t for t in self.tools if t.connector in connectors]
+        return view
 
     @property
     def systems(self) -> list[str]:

@@ -15,7 +15,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore
 
 from assets.embed import Embedder, multilingual_encoder
-from assets.index import Filters, VectorIndex
+from assets.index import Filters, Groups, VectorIndex
 from assets.mask import mask_secrets
 from query_engine.grounding import GroundedStream
 from query_engine.prompts import LANGUAGE_NAMES, NOT_FOUND, SYSTEM_PROMPT, estimate_tokens, question_language
@@ -102,14 +102,17 @@ class AnswerEngine:
         encoder = multilingual_encoder(embedder)
         self.sentences = sentence_vectors(encoder) if encoder is not None else None
 
-    def retrieve(self, question: str, collections: Sequence[str] | None = None, filters: Filters | None = None) -> Retrieval:
-        """Sources for a question, best first, with per-stage timings and whether any is relevant enough."""
+    def retrieve(self, question: str, collections: Sequence[str] | None = None, filters: Filters | None = None,
+                 groups: Groups = None) -> Retrieval:  # fmt: skip
+        """Sources for a question, best first, with per-stage timings and whether any is relevant enough;
+        `groups` restricts retrieval to the documents the caller may read (assets/index.py)."""
         unknown = set(collections or []) - set(self.collections)
         if unknown:
             raise ValueError(f"unknown collection(s): {', '.join(sorted(unknown))}")
         timings: dict[str, float] = {}
         retriever = HybridRetriever(self.index, self.embedder, list(collections or self.collections), top_k=self.top_n,
-                                    candidates=50, filters=filters, dense_languages=self.dense_languages)  # fmt: skip
+                                    candidates=50, filters=filters, dense_languages=self.dense_languages,
+                                    groups=groups)  # fmt: skip
         candidates = retriever.search(question, timings)
         started = time.perf_counter()
         ranked = self.reranker.postprocess_nodes([to_node(c) for c in candidates], query_str=question)
@@ -158,13 +161,14 @@ class AnswerEngine:
     async def astream(
         self, question: str, history: Sequence[ChatMessage] = (), summary: str | None = None,
         collections: Sequence[str] | None = None, filters: Filters | None = None, llm: LLM | None = None,
+        groups: Groups = None,
     ) -> AsyncIterator[Delta | Answer]:  # fmt: skip
         """Text deltas as the LLM writes them, then the final Answer (masked, with citations resolved);
         `llm` overrides the engine's model for this answer (model routing)."""
         llm = llm or self.llm
         started = time.perf_counter()
         # Embedding and index queries are blocking calls: keep them off the event loop.
-        retrieval = await asyncio.to_thread(self.retrieve, question, collections, filters)
+        retrieval = await asyncio.to_thread(self.retrieve, question, collections, filters, groups)
         language = question_language(question)
         if not retrieval.answerable:
             text = NOT_FOUND[language]
@@ -209,9 +213,10 @@ class AnswerEngine:
         yield Answer(text, sources, timings, language, prompt_tokens, estimate_tokens(text), grounded.report.as_dict())
 
     async def answer(self, question: str, history: Sequence[ChatMessage] = (), summary: str | None = None,
-                     collections: Sequence[str] | None = None, filters: Filters | None = None) -> Answer:  # fmt: skip
+                     collections: Sequence[str] | None = None, filters: Filters | None = None,
+                     groups: Groups = None) -> Answer:  # fmt: skip
         final: Answer | None = None
-        async for event in self.astream(question, history, summary, collections, filters):
+        async for event in self.astream(question, history, summary, collections, filters, groups=groups):
             if isinstance(event, Answer):
                 final = event
         assert final is not None

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, create_engine, delete, func, select, text
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, create_engine, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
@@ -45,6 +45,8 @@ class ChatSession(Base):
     summary_upto: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
+    # Set when the user opened more sessions than allowed: read-only from then on.
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     messages: Mapped[list[Message]] = relationship(back_populates="session", order_by="Message.seq", cascade="all, delete-orphan")
 
 
@@ -90,16 +92,34 @@ class SessionStore:
     def __init__(self, database_url: str) -> None:
         self.engine: Engine = create_engine(sqlalchemy_url(database_url), pool_pre_ping=True)
 
-    def create(self, user: str, title: str, model: str) -> str:
+    def create(self, user: str, title: str, model: str, max_open: int | None = None) -> str:
+        """A new session; with `max_open`, the user's least recently active open sessions beyond it are
+        closed (kept, readable and exportable, but no longer continued)."""
         with Session(self.engine) as db, db.begin():
+            # One user's concurrent creations must not both see room for one more.
+            db.execute(text("SELECT pg_advisory_xact_lock(hashtext(:user))"), {"user": f"kb-sessions:{user}"})
             chat = ChatSession(user=user, title=title[:200] or "New conversation", model=model)
             db.add(chat)
             db.flush()
+            if max_open is not None:
+                keep = select(ChatSession.id).where(ChatSession.user == user, ChatSession.closed_at.is_(None))
+                keep = keep.order_by(ChatSession.updated_at.desc(), ChatSession.created_at.desc()).limit(max_open)
+                db.execute(
+                    update(ChatSession)
+                    .where(ChatSession.user == user, ChatSession.closed_at.is_(None), ChatSession.id.not_in(keep))
+                    .values(closed_at=_now(), updated_at=ChatSession.updated_at)
+                )
             return chat.id
 
     def exists(self, session_id: str) -> bool:
         with Session(self.engine) as db:
             return db.get(ChatSession, session_id) is not None
+
+    def owner(self, session_id: str) -> tuple[str, bool] | None:
+        """(user, closed) of a session, or None when there is none."""
+        with Session(self.engine) as db:
+            chat = db.get(ChatSession, session_id)
+            return None if chat is None else (chat.user, chat.closed_at is not None)
 
     def add(self, session_id: str, role: str, content: str, sources: list[dict[str, Any]] | None = None,
             prompt_tokens: int = 0, completion_tokens: int = 0) -> int:  # fmt: skip
@@ -204,7 +224,8 @@ def summary_prompt(previous: str | None, messages: Sequence[tuple[str, str]]) ->
 
 def _session_dict(chat: ChatSession, with_messages: bool) -> dict[str, Any]:
     data: dict[str, Any] = {"id": chat.id, "user": chat.user, "title": chat.title, "model": chat.model, "summary": chat.summary,
-                            "created_at": chat.created_at, "updated_at": chat.updated_at}  # fmt: skip
+                            "created_at": chat.created_at, "updated_at": chat.updated_at, "closed": chat.closed_at is not None,
+                            "closed_at": chat.closed_at}  # fmt: skip
     if with_messages:
         data["messages"] = [
             {"seq": m.seq, "role": m.role, "content": m.content, "sources": (m.sources or {}).get("items", []),

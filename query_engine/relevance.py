@@ -9,6 +9,11 @@ The signals, for the reranked top sources:
   rare it is among the candidates, so that function words ("what", "is", "как") weigh little.
 Questions from one evaluation set run against another set's corpus are the negatives, each set's own
 questions the positives; the threshold keeps refused answerable questions at or under a target rate.
+
+A question answered from sources in another language (a Russian question about English documents) has
+no term coverage to speak of (only names and numbers match), so it gets a gate of its own, keyed
+`ru>x`, calibrated on such pairs alone: mixed with same-language questions, the coverage weight those
+earn made the gate refuse cross-lingual questions several times as often as its target.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ class Signals:
     dense: float
     sentence: float
     coverage: float
+    # The best source is written in another language than the question (not a feature: it picks the gate).
+    cross_lingual: bool = False
 
     def vector(self) -> list[float]:
         return [self.dense, self.sentence, self.coverage]
@@ -59,7 +66,14 @@ def signals(question: str, top: Sequence[NodeWithScore], candidates: Sequence[No
         return Signals(0.0, 0.0, 0.0)
     dense = max(float(n.node.metadata.get("dense_score") or 0.0) for n in top)
     sentence = max(sentences.best_sentence(question, [n.node.get_content() for n in top])) if sentences else 0.0
-    return Signals(dense, sentence, _weighted_coverage(question, top, candidates))
+    source_language = top[0].node.metadata.get("lang")
+    cross = source_language is not None and source_language != detect_language(question)
+    return Signals(dense, sentence, _weighted_coverage(question, top, candidates), cross)
+
+
+def gate_key(language: str, cross_lingual: bool) -> str:
+    """`ru` for Russian questions on Russian sources, `ru>x` on sources in another language."""
+    return f"{language}>x" if cross_lingual else language
 
 
 def _weighted_coverage(question: str, top: Sequence[NodeWithScore], candidates: Sequence[NodeWithScore]) -> float:
@@ -76,7 +90,8 @@ def _weighted_coverage(question: str, top: Sequence[NodeWithScore], candidates: 
 
 
 class RelevanceGate:
-    """The calibrated decision per query language; languages without one use English's."""
+    """The calibrated decision per query language (and cross-lingual pair); a key without one falls
+    back to the question language's, then to English's."""
 
     def __init__(self, gates: dict[str, LanguageGate]) -> None:
         if "en" not in gates:
@@ -88,11 +103,12 @@ class RelevanceGate:
         data = json.loads(path.read_text(encoding="utf-8"))
         return cls({lang: LanguageGate(g["bias"], tuple(g["weights"]), g["threshold"]) for lang, g in data["languages"].items()})
 
-    def gate(self, question: str) -> LanguageGate:
-        return self.gates.get(detect_language(question), self.gates["en"])
+    def gate(self, question: str, cross_lingual: bool = False) -> LanguageGate:
+        language = detect_language(question)
+        return self.gates.get(gate_key(language, cross_lingual)) or self.gates.get(language) or self.gates["en"]
 
     def relevant(self, question: str, found: Signals) -> bool:
-        gate = self.gate(question)
+        gate = self.gate(question, found.cross_lingual)
         return gate.probability(found) >= gate.threshold
 
 

@@ -12,7 +12,7 @@ from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
 from assets.embed import Embedder
-from assets.index import Filters, Hit, VectorIndex
+from assets.index import Filters, Groups, Hit, VectorIndex
 from assets.parse import detect_language
 from assets.sparse import query_terms
 
@@ -108,6 +108,7 @@ class HybridRetriever(BaseRetriever):
         filters: Filters | None = None,
         rrf_k: int = 60,
         dense_languages: Sequence[str] | None = None,
+        groups: Groups = None,
     ) -> None:
         super().__init__()
         if not collections:
@@ -119,6 +120,7 @@ class HybridRetriever(BaseRetriever):
         self.candidates = max(candidates, top_k)
         self.mode = mode
         self.filters = filters
+        self.groups = groups  # the caller's groups for document access lists (None: every document)
         self.rrf_k = rrf_k
         self.dense_languages = set(dense_languages) if dense_languages else None
 
@@ -142,7 +144,8 @@ class HybridRetriever(BaseRetriever):
             started = time.perf_counter()
             scale = self.embedder.score_scale(query)
             dense = {
-                c: _scaled(self.index.dense_search(c, vector, self.candidates, self.filters), scale) for c in self.collections
+                c: _scaled(self.index.dense_search(c, vector, self.candidates, self.filters, self.groups), scale)
+                for c in self.collections
             }
             clock.note("dense_search_ms", time.perf_counter() - started)
         if sparse_future is not None:
@@ -162,7 +165,7 @@ class HybridRetriever(BaseRetriever):
     def _sparse(self, query: str) -> tuple[dict[str, list[Hit]], float]:
         started = time.perf_counter()
         terms = query_terms(query)
-        hits = {c: self.index.sparse_search(c, terms, self.candidates, self.filters) for c in self.collections}
+        hits = {c: self.index.sparse_search(c, terms, self.candidates, self.filters, self.groups) for c in self.collections}
         return hits, time.perf_counter() - started
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:

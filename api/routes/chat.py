@@ -14,11 +14,13 @@ from fastapi.responses import StreamingResponse
 from llama_index.core.llms import ChatMessage, MessageRole
 from starlette.concurrency import run_in_threadpool
 
+from api.auth import CallerDep, readable_collections
 from api.deps import StateDep
 from api.metrics import REQUESTS, observe
 from api.schemas import ChatCompletionRequest
 from api.sources import source_dicts
 from api.state import AppState
+from assets.mask import mask_secrets
 from query_engine.agent import AgentAnswer, StepEvent
 from query_engine.engine import Answer, Delta, LLMUnavailable
 from query_engine.memory import summary_prompt
@@ -28,7 +30,7 @@ router = APIRouter(tags=["chat"])
 
 
 @router.get("/v1/models")
-def list_models(state: StateDep) -> dict[str, Any]:
+def list_models(state: StateDep, _: CallerDep) -> dict[str, Any]:
     """Models this API answers with; 'default' is the configured default model."""
     routes = state.llm_settings.route_table()
     return {
@@ -48,29 +50,37 @@ def list_models(state: StateDep) -> dict[str, Any]:
 
 
 @router.post("/v1/chat/completions", response_model=None)
-async def chat_completions(body: ChatCompletionRequest, state: StateDep) -> dict[str, Any] | StreamingResponse:
+async def chat_completions(body: ChatCompletionRequest, state: StateDep, caller: CallerDep) -> dict[str, Any] | StreamingResponse:
     """Answer the last user message from the knowledge base, with [n] citations and a `sources` field."""
+    readable = readable_collections(caller, body.collections)
+    user, groups = caller.user(body.user), caller.access.groups
     if body.model not in state.model_names:
         raise HTTPException(404, f"unknown model {body.model!r}; available: {', '.join(state.model_names)}")
-    question = next((m.text() for m in reversed(body.messages) if m.role == "user"), "").strip()
+    # A secret pasted into a question is masked before it is stored, logged, audited or put in a prompt.
+    question = mask_secrets(next((m.text() for m in reversed(body.messages) if m.role == "user"), "").strip()).text
     if not question:
         raise HTTPException(400, "the conversation has no user message with text")
-    session_id = await run_in_threadpool(_open_session, state, body, question)
+    session_id = await run_in_threadpool(_open_session, state, body, question, user)
     await run_in_threadpool(state.sessions.add, session_id, "user", question)  # stored before any answer is tried
     context = await run_in_threadpool(state.sessions.context, session_id, question)
     stored = [ChatMessage(role=MessageRole(r), content=c) for r, c in context.messages[:-1]]
     given = [
-        ChatMessage(role=MessageRole(m.role), content=m.text()) for m in body.messages[:-1] if m.role in ("user", "assistant")
+        ChatMessage(role=MessageRole(m.role), content=mask_secrets(m.text()).text)
+        for m in body.messages[:-1]
+        if m.role in ("user", "assistant")
     ]
     history = stored if body.session_id else given
     model, task = resolve_model(body.model, question, state.llm_settings.route_table(), state.llm_settings.model)
     llm = state.llm_for(model)
     events: AsyncIterator[Any]
     if state.agent is not None and not body.collections and not body.filters:
-        # Live connectors are on: the agent answers from them and the knowledge base.
-        events = state.agent.astream(question, history, body.user or "anonymous", llm=llm)
+        # Live connectors are on: the agent answers from them and the knowledge base, as far as the caller may read.
+        agent = state.agent.scoped(readable, groups, caller.access.connectors)
+        events = agent.astream(question, history, user, llm=llm)
     else:
-        events = state.engine.astream(question, history, context.summary, body.collections, body.filters, llm=llm)
+        events = state.engine.astream(question, history, context.summary, readable, body.filters, llm=llm, groups=groups)
+    await run_in_threadpool(state.audit.record, user, "chat", target=session_id,
+                            detail={"question": question, "collections": readable, "model": model})  # fmt: skip
     try:
         first = await anext(events)  # retrieval and the LLM's first token happen here, so failures are still a status code
     except LLMUnavailable as exc:
@@ -112,12 +122,18 @@ async def chat_completions(body: ChatCompletionRequest, state: StateDep) -> dict
     }
 
 
-def _open_session(state: AppState, body: ChatCompletionRequest, question: str) -> str:
+def _open_session(state: AppState, body: ChatCompletionRequest, question: str, user: str) -> str:
+    """The session to continue (the caller's own, still open) or a new one; the user's oldest open sessions
+    beyond roles.yaml's `max_open_sessions` are closed."""
     if body.session_id:
-        if not state.sessions.exists(body.session_id):
+        found = state.sessions.owner(body.session_id)
+        if found is None or (found[0] != user and state.auth.mode != "off"):
             raise HTTPException(404, f"unknown session {body.session_id!r}")
+        if found[1]:
+            raise HTTPException(409, f"session {body.session_id} is closed (more than {state.role_config.max_open_sessions} "
+                                "were open); start a new one")  # fmt: skip
         return body.session_id
-    return state.sessions.create(body.user or "anonymous", question[:80], state.llm_settings.model)
+    return state.sessions.create(user, question[:80], state.llm_settings.model, max_open=state.role_config.max_open_sessions)
 
 
 async def _finish(state: AppState, session_id: str, answer: Answer) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
+from api.auth import CallerDep
 from api.deps import StateDep
 from api.metrics import REGISTRY
 from api.state import AppState
@@ -48,6 +49,6 @@ async def readyz(state: StateDep) -> JSONResponse:
 
 
 @router.get("/metrics")
-def metrics() -> Response:
-    """Prometheus exposition: stage histograms and counters."""
+def metrics(_: CallerDep) -> Response:
+    """Prometheus exposition: stage histograms and counters (any signed-in caller; Prometheus sends a key)."""
     return Response(generate_latest(REGISTRY) + generate_latest(TOOL_REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -5,11 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 from starlette.concurrency import run_in_threadpool
 
+from api.auth import Caller, CallerDep, readable_collections
 from api.deps import StateDep
 from api.metrics import REQUESTS, observe
 from api.schemas import QueryRequest, QueryResponse
 from api.sources import source_dicts
 from api.state import AppState
+from assets.mask import mask_secrets
 from query_engine.agent import AgentAnswer
 from query_engine.engine import LLMUnavailable
 from query_engine.prompts import question_language
@@ -17,10 +19,12 @@ from query_engine.prompts import question_language
 router = APIRouter(tags=["query"])
 
 
-async def _sources_only(state: AppState, body: QueryRequest, outcome: str, error: str | None = None) -> QueryResponse:
+async def _sources_only(state: AppState, body: QueryRequest, caller: Caller, outcome: str,
+                        error: str | None = None) -> QueryResponse:  # fmt: skip
     """Retrieval without an answer: asked for (answer=false), or the LLM is down."""
+    readable = readable_collections(caller, body.collections)
     try:
-        retrieval = await run_in_threadpool(state.engine.retrieve, body.question, body.collections, body.filters)
+        retrieval = await run_in_threadpool(state.engine.retrieve, body.question, readable, body.filters, caller.access.groups)
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from exc
     observe(retrieval.timings)
@@ -30,16 +34,21 @@ async def _sources_only(state: AppState, body: QueryRequest, outcome: str, error
 
 
 @router.post("/v1/query")
-async def query(body: QueryRequest, state: StateDep) -> QueryResponse:
+async def query(body: QueryRequest, state: StateDep, caller: CallerDep) -> QueryResponse:
     """Retrieve and (unless answer=false) answer; with the LLM down, the sources still come back."""
+    readable = readable_collections(caller, body.collections)
+    # A secret pasted into a question is masked before it is logged, audited or put in a prompt.
+    body = body.model_copy(update={"question": mask_secrets(body.question).text})
+    await run_in_threadpool(state.audit.record, caller.user(body.user), "query",
+                            detail={"question": body.question, "collections": readable, "agent": body.agent})  # fmt: skip
     if not body.answer:
-        return await _sources_only(state, body, "retrieval_only")
+        return await _sources_only(state, body, caller, "retrieval_only")
     if body.agent:
-        return await _agent_answer(state, body)
+        return await _agent_answer(state, body, caller)
     try:
-        answer = await state.engine.answer(body.question, collections=body.collections, filters=body.filters)
+        answer = await state.engine.answer(body.question, collections=readable, filters=body.filters, groups=caller.access.groups)
     except LLMUnavailable as exc:
-        return await _sources_only(state, body, "llm_unavailable", str(exc))
+        return await _sources_only(state, body, caller, "llm_unavailable", str(exc))
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from exc
     sources = source_dicts(answer.sources)
@@ -49,13 +58,14 @@ async def query(body: QueryRequest, state: StateDep) -> QueryResponse:
                          timings=answer.timings, language=answer.language)  # fmt: skip
 
 
-async def _agent_answer(state: AppState, body: QueryRequest) -> QueryResponse:
+async def _agent_answer(state: AppState, body: QueryRequest, caller: Caller) -> QueryResponse:
     """The agent's answer with its tool steps; 400 when no live connector is configured."""
     if state.agent is None:
         raise HTTPException(400, "agent: true needs a live connector in connectors.yaml (and an LLM)")
+    agent = state.agent.scoped(readable_collections(caller, body.collections), caller.access.groups, caller.access.connectors)
     final: AgentAnswer | None = None
     try:
-        async for event in state.agent.astream(body.question, user=body.user or "anonymous"):
+        async for event in agent.astream(body.question, user=caller.user(body.user)):
             if isinstance(event, AgentAnswer):
                 final = event
     except LLMUnavailable as exc:
@@ -69,11 +79,14 @@ async def _agent_answer(state: AppState, body: QueryRequest) -> QueryResponse:
 
 
 @router.get("/v1/documents/{collection}/{path:path}")
-async def document(collection: str, path: str, state: StateDep) -> dict[str, object]:
-    """The indexed (masked) chunks of one document, in order: where a source link points."""
-    if collection not in {s.name for s in state.specs}:
+async def document(collection: str, path: str, state: StateDep, caller: CallerDep) -> dict[str, object]:
+    """The indexed (masked) chunks of one document, in order: where a source link points. A collection or
+    document the caller may not read is answered like one that is not indexed."""
+    if collection not in {s.name for s in state.specs} or collection not in caller.access.collections:
         raise HTTPException(404, f"unknown collection {collection!r}")
-    hits = await run_in_threadpool(state.index.document_chunks, collection, path)
+    hits = await run_in_threadpool(state.index.document_chunks, collection, path, caller.access.groups)
+    await run_in_threadpool(state.audit.record, caller.user(), "document_read", target=f"{collection}/{path}",
+                            outcome="ok" if hits else "not_found")  # fmt: skip
     if not hits:
         raise HTTPException(404, f"{collection}/{path} is not indexed")
     return {"collection": collection, "path": path, "chunks": [{"text": h.text, "metadata": h.metadata} for h in hits]}

@@ -1,4 +1,8 @@
-"""/v1/sessions: list, get, delete, full-text search, export as Markdown or JSON."""
+"""/v1/sessions: list, get, delete, full-text search, export as Markdown or JSON.
+
+Users see only their own sessions. A role with `read_others_sessions` (auditor) reads anyone's, and each
+such read is recorded in the audit log; a session that is not the caller's and not readable by them
+is answered 404, like one that does not exist, so ids cannot be probed."""
 
 from __future__ import annotations
 
@@ -8,29 +12,64 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
+from api.auth import Caller, CallerDep
 from api.deps import StateDep
+from api.state import AppState
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
 
+def _whose(caller: Caller, requested: str | None) -> str | None:
+    """The user whose sessions a listing shows: the caller's own, unless they may read others'."""
+    if caller.access.read_others_sessions:
+        return requested
+    own = caller.user(requested)
+    if requested is not None and requested != own and caller.identity.method != "local":
+        raise HTTPException(403, "you may list only your own sessions")
+    return own
+
+
+async def _readable(state: AppState, caller: Caller, session_id: str, write: bool = False) -> None:
+    """404 unless the session exists and is the caller's (or, to read, the caller may read others')."""
+    found = await run_in_threadpool(state.sessions.owner, session_id)
+    if found is None:
+        raise HTTPException(404, f"unknown session {session_id!r}")
+    owner, _closed = found
+    if caller.identity.method == "local" or owner == caller.user():
+        return
+    if write or not caller.access.read_others_sessions:
+        raise HTTPException(404, f"unknown session {session_id!r}")
+    await run_in_threadpool(state.audit.record, caller.user(), "session_read", target=session_id,
+                            detail={"owner": owner, "roles": list(caller.access.roles)})  # fmt: skip
+
+
 @router.get("")
-async def list_sessions(state: StateDep, user: str | None = None, limit: Annotated[int, Query(ge=1, le=200)] = 50,
-                        offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:  # fmt: skip
-    """Sessions, most recently active first."""
-    return {"data": await run_in_threadpool(state.sessions.list, user, limit, offset)}
+async def list_sessions(state: StateDep, caller: CallerDep, user: Annotated[str | None, Query(max_length=200)] = None,
+                        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+                        offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> dict[str, Any]:  # fmt: skip
+    """Your sessions, most recently active first (an auditor: anyone's, or one `user`'s)."""
+    whose = _whose(caller, user)
+    if caller.access.read_others_sessions and whose != caller.user():
+        await run_in_threadpool(state.audit.record, caller.user(), "session_list", target=whose or "*")
+    return {"data": await run_in_threadpool(state.sessions.list, whose, limit, offset)}
 
 
 @router.get("/search")
 async def search_sessions(
-    state: StateDep, q: Annotated[str, Query(min_length=1, max_length=500)], user: str | None = None
-) -> dict[str, Any]:
-    """Full-text search over every stored message."""
-    return {"data": await run_in_threadpool(state.sessions.search, q, user)}
+    state: StateDep, caller: CallerDep, q: Annotated[str, Query(min_length=1, max_length=500)],
+    user: Annotated[str | None, Query(max_length=200)] = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Full-text search over your messages (an auditor: anyone's)."""
+    whose = _whose(caller, user)
+    if caller.access.read_others_sessions and whose != caller.user():
+        await run_in_threadpool(state.audit.record, caller.user(), "session_search", target=whose or "*", detail={"query": q})
+    return {"data": await run_in_threadpool(state.sessions.search, q, whose)}
 
 
 @router.get("/{session_id}")
-async def get_session(session_id: str, state: StateDep) -> dict[str, Any]:
+async def get_session(session_id: str, state: StateDep, caller: CallerDep) -> dict[str, Any]:
     """One session with its messages and their sources."""
+    await _readable(state, caller, session_id)
     chat = await run_in_threadpool(state.sessions.get, session_id)
     if chat is None:
         raise HTTPException(404, f"unknown session {session_id!r}")
@@ -38,15 +77,20 @@ async def get_session(session_id: str, state: StateDep) -> dict[str, Any]:
 
 
 @router.delete("/{session_id}", status_code=204)
-async def delete_session(session_id: str, state: StateDep) -> None:
-    """Delete a session and its messages."""
+async def delete_session(session_id: str, state: StateDep, caller: CallerDep) -> None:
+    """Delete one of your sessions and its messages."""
+    await _readable(state, caller, session_id, write=True)
     if not await run_in_threadpool(state.sessions.delete, session_id):
         raise HTTPException(404, f"unknown session {session_id!r}")
+    await run_in_threadpool(state.audit.record, caller.user(), "session_delete", target=session_id)
 
 
 @router.get("/{session_id}/export", response_class=PlainTextResponse)
-async def export_session(session_id: str, state: StateDep, format: Literal["md", "json"] = "md") -> PlainTextResponse:
+async def export_session(
+    session_id: str, state: StateDep, caller: CallerDep, format: Literal["md", "json"] = "md"
+) -> PlainTextResponse:
     """The conversation as Markdown (with its sources) or JSON."""
+    await _readable(state, caller, session_id)
     text = await run_in_threadpool(state.sessions.export, session_id, format)
     if text is None:
         raise HTTPException(404, f"unknown session {session_id!r}")

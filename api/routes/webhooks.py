@@ -25,6 +25,8 @@ async def webhook(source: str, request: Request, state: StateDep) -> dict[str, A
     body = await request.body()
     if not verify(body, request.headers, state.api.webhook_secret):
         WEBHOOKS.labels(source, "bad_signature").inc()
+        await run_in_threadpool(state.audit.record, f"webhook:{source}", "webhook", outcome="denied",
+                                detail={"reason": "bad signature", "bytes": len(body)})  # fmt: skip
         raise HTTPException(401, "missing or invalid HMAC-SHA256 signature")
     try:
         payload = json.loads(body)
@@ -36,6 +38,7 @@ async def webhook(source: str, request: Request, state: StateDep) -> dict[str, A
         return {"queued": {}, "detail": "no indexed collection is affected"}
     ids = {name: await run_in_threadpool(enqueue, state.database_url, source, name, docs) for name, docs in routed.items()}
     WEBHOOKS.labels(source, "queued").inc()
+    await run_in_threadpool(state.audit.record, f"webhook:{source}", "webhook", detail={"queued": routed})
     return {"queued": {name: {"event_id": ids[name], "documents": docs} for name, docs in routed.items()}}
 
 

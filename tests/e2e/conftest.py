@@ -3,6 +3,7 @@ a writable copy of the sample knowledge base (webhook tests add documents to it)
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -11,9 +12,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -23,7 +25,10 @@ from tests.conftest import SAMPLES, free_port
 WEBHOOK_SECRET = "e2e-webhook-secret"
 
 
-@dataclass(frozen=True)
+KEY = re.compile(r"kb_[0-9a-f]{12}_[A-Za-z0-9_-]{43}")
+
+
+@dataclass
 class RunningPlatform:
     api: str
     dagster: str
@@ -31,6 +36,30 @@ class RunningPlatform:
     knowledge_base: Path
     log: Path
     env: dict[str, str]
+    admin_key: str = ""
+    _keys: dict[str, str] = field(default_factory=dict)
+    _clients: dict[str, httpx.Client] = field(default_factory=dict)
+
+    def key_for(self, user: str, role: str = "devops") -> str:
+        """An API key for `user`, made with `kb keys create --json` as an operator would (the platform is up)."""
+        if user not in self._keys:
+            command = [str(Path(sys.executable).parent / "kb"), "keys", "create", "--user", user, "--role", role, "--json"]
+            out = subprocess.run(command, env=self.env, capture_output=True, text=True, check=True, timeout=120).stdout
+            self._keys[user] = json.loads(out.strip().splitlines()[-1])["key"]
+        return self._keys[user]
+
+    def http_for(self, user: str) -> httpx.Client:
+        """An HTTP client signed in as `user` (devops role)."""
+        if user not in self._clients:
+            self._clients[user] = httpx.Client(headers={"Authorization": f"Bearer {self.key_for(user)}"}, timeout=30)
+        return self._clients[user]
+
+    @property
+    def http(self) -> httpx.Client:
+        """Signed in with the admin key that the first `kb up` printed."""
+        if "admin" not in self._clients:
+            self._clients["admin"] = httpx.Client(headers={"Authorization": f"Bearer {self.admin_key}"}, timeout=30)
+        return self._clients["admin"]
 
 
 def _wait_for_line(log: Path, process: subprocess.Popen[bytes], line: str, timeout: float) -> None:
@@ -73,6 +102,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
                                    start_new_session=True)  # fmt: skip
     try:
         _wait_for_line(log, process, "platform is up", timeout=900)
+        printed = KEY.findall(log.read_text(errors="replace"))
+        assert len(printed) == 1, "the first kb up prints exactly one admin key"
         yield RunningPlatform(
             api=f"http://127.0.0.1:{ports['KB_API_PORT']}",
             dagster=f"http://127.0.0.1:{ports['KB_DAGSTER_PORT']}",
@@ -80,6 +111,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
             knowledge_base=knowledge_base,
             log=log,
             env=env,
+            admin_key=printed[0],
         )
     finally:
         os.killpg(process.pid, signal.SIGINT)

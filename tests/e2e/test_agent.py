@@ -8,11 +8,12 @@ import json
 import sys
 from pathlib import Path
 
-import httpx
+import httpx2
 import openai
 import psycopg
 import pytest
 from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
 
 from kb.settings import PROJECT_ROOT
 from tests.e2e.conftest import RunningPlatform
@@ -31,8 +32,8 @@ def planted_secrets() -> list[str]:
 
 
 def test_openai_sdk_gets_an_agent_answer_built_from_tool_results(platform: RunningPlatform) -> None:
-    client = openai.OpenAI(base_url=f"{platform.api}/v1", api_key="unused", timeout=900, max_retries=0)
-    reply = client.chat.completions.create(model="default", user="e2e-agent", messages=[{"role": "user", "content": INCIDENT}])
+    client = openai.OpenAI(base_url=f"{platform.api}/v1", api_key=platform.key_for("e2e-agent"), timeout=900, max_retries=0)
+    reply = client.chat.completions.create(model="default", messages=[{"role": "user", "content": INCIDENT}])
     text, steps = reply.choices[0].message.content or "", reply.model_extra["steps"]
     assert text.strip()
     assert steps[0]["connector"] == "docs" and steps[0]["outcome"] == "ok"
@@ -43,7 +44,7 @@ def test_openai_sdk_gets_an_agent_answer_built_from_tool_results(platform: Runni
     with psycopg.connect(platform.database_url) as conn:
         rows = conn.execute("SELECT connector, tool, outcome FROM kb_tool_calls WHERE user_name = 'e2e-agent'").fetchall()
     assert len(rows) == len(steps)  # every call recorded, the knowledge-base search included
-    metrics = httpx.get(f"{platform.api}/metrics").text
+    metrics = platform.http.get(f"{platform.api}/metrics").text
     assert 'mcp_requests_total{connector="docs",outcome="ok",tool="search"}' in metrics
 
 
@@ -55,7 +56,7 @@ def test_streamed_agent_answer_reports_progress_then_steps(platform: RunningPlat
     }
     kinds: list[str] = []
     final: dict = {}  # type: ignore[type-arg]
-    with httpx.stream("POST", f"{platform.api}/v1/chat/completions", json=body, timeout=900) as response:
+    with platform.http.stream("POST", f"{platform.api}/v1/chat/completions", json=body, timeout=900) as response:
         assert response.status_code == 200
         for line in response.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -74,7 +75,7 @@ def test_streamed_agent_answer_reports_progress_then_steps(platform: RunningPlat
 
 def test_denied_namespace_is_never_read(platform: RunningPlatform) -> None:
     body = {"question": "List the pods in the kube-system namespace", "agent": True, "user": "e2e-deny"}
-    answer = httpx.post(f"{platform.api}/v1/query", json=body, timeout=900).json()
+    answer = platform.http.post(f"{platform.api}/v1/query", json=body, timeout=900).json()
     for step in answer["steps"]:
         if step["connector"] != "docs" and "kube-system" in json.dumps(step["arguments"]):  # docs searches the question
             assert step["outcome"] == "refused", step
@@ -82,12 +83,12 @@ def test_denied_namespace_is_never_read(platform: RunningPlatform) -> None:
 
 
 def test_query_stays_retrieval_only_without_agent_true(platform: RunningPlatform) -> None:
-    body = httpx.post(f"{platform.api}/v1/query", json={"question": INCIDENT, "answer": False}, timeout=300).json()
+    body = platform.http.post(f"{platform.api}/v1/query", json={"question": INCIDENT, "answer": False}, timeout=300).json()
     assert body["steps"] is None and body["sources"]
 
 
 def test_models_list_the_task_routes(platform: RunningPlatform) -> None:
-    models = httpx.get(f"{platform.api}/v1/models").json()
+    models = platform.http.get(f"{platform.api}/v1/models").json()
     ids = {m["id"] for m in models["data"]}
     assert {"default", "coder", "reasoner", "writer"} <= ids
     assert set(models["routes"].values()) == {"qwen2.5-coder-0.5b-instruct"}
@@ -101,7 +102,10 @@ async def _kb_tools(client: Client) -> tuple[set[str], str]:
 
 def test_knowledge_base_is_an_mcp_server_over_http_and_stdio(platform: RunningPlatform) -> None:
     async def over_http() -> tuple[set[str], str]:
-        async with Client(f"{platform.api}/mcp") as client:
+        # An IDE agent sends its API key as a bearer; the server searches what the key's role may read.
+        headers = {"Authorization": f"Bearer {platform.key_for('e2e-ide')}"}
+        async with httpx2.AsyncClient(headers=headers, timeout=300) as http, \
+                Client(streamable_http_client(f"{platform.api}/mcp", http_client=http)) as client:  # fmt: skip
             return await _kb_tools(client)
 
     async def over_stdio() -> tuple[set[str], str]:
@@ -112,3 +116,8 @@ def test_knowledge_base_is_an_mcp_server_over_http_and_stdio(platform: RunningPl
     for tools, text in (asyncio.run(over_http()), asyncio.run(over_stdio())):
         assert {"search", "get_document", "runbook", "list_collections"} <= tools
         assert "gateway-high-error-rate.md" in text
+    initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}
+    assert (
+        httpx2.post(f"{platform.api}/mcp", json=initialize, headers={"Accept": "application/json, text/event-stream"}).status_code
+        == 401
+    )

@@ -19,9 +19,10 @@ pytestmark = pytest.mark.e2e
 QUESTION = "How do I roll back a bad gateway-core deploy?"
 
 
-def client(platform: RunningPlatform) -> openai.OpenAI:
+def client(platform: RunningPlatform, user: str = "e2e") -> openai.OpenAI:
+    """The openai SDK with an API key of `user` (made with `kb keys create`), as chat clients connect."""
     # Generous: on two shared cores a long prompt can take minutes on a busy machine.
-    return openai.OpenAI(base_url=f"{platform.api}/v1", api_key="unused", timeout=900, max_retries=0)
+    return openai.OpenAI(base_url=f"{platform.api}/v1", api_key=platform.key_for(user), timeout=900, max_retries=0)
 
 
 def assert_cited(text: str, sources: list[dict]) -> None:  # type: ignore[type-arg]
@@ -63,17 +64,19 @@ def test_openai_sdk_streams_the_answer_and_ends_with_sources(platform: RunningPl
 
 
 def test_query_api_returns_answer_sources_and_stage_timings(platform: RunningPlatform) -> None:
-    body = httpx.post(f"{platform.api}/v1/query", json={"question": "Which namespace runs fraud-scoring?"}, timeout=300).json()
+    body = platform.http.post(
+        f"{platform.api}/v1/query", json={"question": "Which namespace runs fraud-scoring?"}, timeout=300
+    ).json()
     assert body["answer"] and body["sources"]
     assert {"embed_ms", "search_ms", "fuse_ms", "rerank_ms", "llm_first_token_ms", "total_ms"} <= set(body["timings"])
     top = body["sources"][0]
     assert top["url"].startswith("/v1/documents/")
-    document = httpx.get(f"{platform.api}{top['url']}", timeout=30)
+    document = platform.http.get(f"{platform.api}{top['url']}", timeout=30)
     assert document.status_code == 200 and document.json()["chunks"]
 
 
 def test_a_question_the_knowledge_base_cannot_answer_gets_a_refusal(platform: RunningPlatform) -> None:
-    body = httpx.post(
+    body = platform.http.post(
         f"{platform.api}/v1/query", json={"question": "Who won the 1998 football world cup final?"}, timeout=300
     ).json()
     assert body["answerable"] is False
@@ -86,7 +89,7 @@ def test_a_question_the_knowledge_base_cannot_answer_gets_a_refusal(platform: Ru
     ids=["ru", "zh"],
 )
 def test_russian_and_chinese_questions_are_answered_from_english_documents(platform: RunningPlatform, question: str) -> None:
-    body = httpx.post(f"{platform.api}/v1/query", json={"question": question}, timeout=600).json()
+    body = platform.http.post(f"{platform.api}/v1/query", json={"question": question}, timeout=600).json()
     assert body["answerable"] is True, body
     english = {"kafka-topic-payments-events.yaml", "adr-0007-kafka-for-payment-events.md"}
     assert english & {s["path"] for s in body["sources"][:3]}, body["sources"]
@@ -94,7 +97,7 @@ def test_russian_and_chinese_questions_are_answered_from_english_documents(platf
 
 
 def test_an_off_topic_question_is_answered_without_citing_the_knowledge_base(platform: RunningPlatform) -> None:
-    body = httpx.post(f"{platform.api}/v1/query", json={"question": "What is the capital of France?"}, timeout=300).json()
+    body = platform.http.post(f"{platform.api}/v1/query", json={"question": "What is the capital of France?"}, timeout=300).json()
     assert body["answerable"] is False
     assert not re.search(r"\[\d+\]", body["answer"])
     assert not any(s["cited"] for s in body["sources"])
@@ -104,35 +107,41 @@ def test_bad_requests_get_4xx_with_a_message(platform: RunningPlatform) -> None:
     api = platform.api
     with pytest.raises(openai.NotFoundError, match="unknown model"):
         client(platform).chat.completions.create(model="gpt-nope", messages=[{"role": "user", "content": "hi"}])
-    malformed = httpx.post(f"{api}/v1/chat/completions", json={"model": "default", "messages": "not a list"})
+    malformed = platform.http.post(f"{api}/v1/chat/completions", json={"model": "default", "messages": "not a list"})
     assert malformed.status_code == 422 and "messages" in malformed.json()["error"]["message"]
-    oversized = httpx.post(
+    oversized = platform.http.post(
         f"{api}/v1/query", content=b"{" + b" " * 2_000_000 + b"}", headers={"content-type": "application/json"}
     )
     assert oversized.status_code == 413
-    unknown = httpx.post(
+    unknown = platform.http.post(
         f"{api}/v1/chat/completions",
         json={"model": "default", "session_id": "nope", "messages": [{"role": "user", "content": "x"}]},
     )
     assert unknown.status_code == 404 and "session" in unknown.json()["error"]["message"]
-    assert httpx.get(f"{api}/v1/sessions/does-not-exist").status_code == 404
+    assert platform.http.get(f"{api}/v1/sessions/does-not-exist").status_code == 404
 
 
 def test_sessions_are_stored_searchable_and_exportable(platform: RunningPlatform) -> None:
-    first = client(platform).chat.completions.create(
-        model="default", user="alice", messages=[{"role": "user", "content": QUESTION}]
-    )
+    first = client(platform, "alice").chat.completions.create(model="default", messages=[{"role": "user", "content": QUESTION}])
     session_id = first.model_extra["session_id"]
-    chat = httpx.get(f"{platform.api}/v1/sessions/{session_id}").json()
+    alice = platform.http_for("alice")
+    chat = alice.get(f"{platform.api}/v1/sessions/{session_id}").json()
     assert [m["role"] for m in chat["messages"]] == ["user", "assistant"] and chat["user"] == "alice"
-    found = httpx.get(f"{platform.api}/v1/sessions/search", params={"q": "gateway-core deploy"}).json()["data"]
+    found = alice.get(f"{platform.api}/v1/sessions/search", params={"q": "gateway-core deploy"}).json()["data"]
     assert session_id in {row["session_id"] for row in found}
-    markdown = httpx.get(f"{platform.api}/v1/sessions/{session_id}/export", params={"format": "md"}).text
+    # Another user neither reads nor finds alice's conversation.
+    assert platform.http_for("mallory").get(f"{platform.api}/v1/sessions/{session_id}").status_code == 404
+    assert (
+        not platform.http_for("mallory")
+        .get(f"{platform.api}/v1/sessions/search", params={"q": "gateway-core deploy"})
+        .json()["data"]
+    )
+    markdown = alice.get(f"{platform.api}/v1/sessions/{session_id}/export", params={"format": "md"}).text
     assert QUESTION in markdown and "gateway-high-error-rate.md" in markdown
-    exported = json.loads(httpx.get(f"{platform.api}/v1/sessions/{session_id}/export", params={"format": "json"}).text)
+    exported = json.loads(alice.get(f"{platform.api}/v1/sessions/{session_id}/export", params={"format": "json"}).text)
     assert exported["id"] == session_id
-    assert httpx.delete(f"{platform.api}/v1/sessions/{session_id}").status_code == 204
-    assert httpx.get(f"{platform.api}/v1/sessions/{session_id}").status_code == 404
+    assert alice.delete(f"{platform.api}/v1/sessions/{session_id}").status_code == 204
+    assert alice.get(f"{platform.api}/v1/sessions/{session_id}").status_code == 404
 
 
 def test_a_long_session_keeps_a_summary_and_stays_in_the_context_window(platform: RunningPlatform) -> None:
@@ -141,13 +150,13 @@ def test_a_long_session_keeps_a_summary_and_stays_in_the_context_window(platform
     for i in range(17):
         store.add(session_id, "user", f"Question {i}: what does the runbook say about step {i} of the Kafka lag procedure? " * 3)
         store.add(session_id, "assistant", f"Answer {i}: scale the consumer and check the group lag [1]. " * 4)
-    response = client(platform).chat.completions.create(
+    response = client(platform, "bob").chat.completions.create(
         model="default",
         extra_body={"session_id": session_id},
         messages=[{"role": "user", "content": "How do I reset consumer offsets?"}],
     )
     assert response.choices[0].message.content
-    chat = httpx.get(f"{platform.api}/v1/sessions/{session_id}").json()
+    chat = platform.http_for("bob").get(f"{platform.api}/v1/sessions/{session_id}").json()
     assert len(chat["messages"]) == 36
     assert chat["summary"], "a session past 30 messages keeps a summary"
     assert response.usage.prompt_tokens <= 4096 - 256  # the prompt left room for the answer in the 4096-token window
@@ -178,7 +187,7 @@ def test_signed_webhook_makes_a_changed_document_answerable(platform: RunningPla
     )
     question = {"question": "How do I flush the zebra cache?", "answer": False, "collections": ["runbooks"]}
     assert "zebra-cache-flush.md" not in {
-        s["path"] for s in httpx.post(f"{platform.api}/v1/query", json=question).json()["sources"]
+        s["path"] for s in platform.http.post(f"{platform.api}/v1/query", json=question).json()["sources"]
     }
     body = json.dumps({"collection": "runbooks", "paths": ["zebra-cache-flush.md"]}).encode()
     response = httpx.post(
@@ -187,7 +196,7 @@ def test_signed_webhook_makes_a_changed_document_answerable(platform: RunningPla
     assert response.status_code == 202 and response.json()["queued"]["runbooks"]["documents"] == ["zebra-cache-flush.md"]
     deadline = time.monotonic() + 300  # the sensor picks the event up and the daemon runs the reindex
     while time.monotonic() < deadline:
-        sources = httpx.post(f"{platform.api}/v1/query", json=question, timeout=60).json()["sources"]
+        sources = platform.http.post(f"{platform.api}/v1/query", json=question, timeout=60).json()["sources"]
         if sources and sources[0]["path"] == "zebra-cache-flush.md":
             break
         time.sleep(5)
@@ -195,11 +204,22 @@ def test_signed_webhook_makes_a_changed_document_answerable(platform: RunningPla
         pytest.fail("the webhook's document never became retrievable")
 
 
+def test_the_api_refuses_requests_without_a_key_and_the_first_admin_key_works(platform: RunningPlatform) -> None:
+    assert httpx.post(f"{platform.api}/v1/query", json={"question": "retention?", "answer": False}).status_code == 401
+    unsigned = openai.OpenAI(base_url=f"{platform.api}/v1", api_key="not-a-key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        unsigned.models.list()
+    assert platform.http.get(f"{platform.api}/v1/auth/me").json()["roles"] == ["admin"]
+    viewer = platform.key_for("e2e-viewer", role="viewer")
+    me = httpx.get(f"{platform.api}/v1/auth/me", headers={"Authorization": f"Bearer {viewer}"}).json()
+    assert me["collections"] == ["technical_docs"] and me["roles"] == ["viewer"]
+
+
 def test_health_readiness_and_metrics(platform: RunningPlatform) -> None:
-    assert httpx.get(f"{platform.api}/healthz").json() == {"status": "ok"}
-    ready = httpx.get(f"{platform.api}/readyz", timeout=30).json()
+    assert platform.http.get(f"{platform.api}/healthz").json() == {"status": "ok"}
+    ready = platform.http.get(f"{platform.api}/readyz", timeout=30).json()
     assert ready["checks"] == {"postgres": "ok", "index": "ok", "llm": "ok"}
-    metrics = httpx.get(f"{platform.api}/metrics").text
+    metrics = platform.http.get(f"{platform.api}/metrics").text
     assert 'kb_stage_duration_ms_bucket{le="100.0",stage="search"}' in metrics
 
 
@@ -214,6 +234,10 @@ def test_web_page_streams_an_answer_with_source_links(platform: RunningPlatform)
         )
         page = browser.new_page()
         page.goto(platform.api + "/")
+        page.fill("#apikey", platform.key_for("page-user"))  # the page signs in before it asks
+        page.click("#signin-button")
+        page.wait_for_selector("#ask:not([hidden])", timeout=30_000)
+        assert "page-user" in page.inner_text("#who")
         page.fill("#question", QUESTION)
         page.click("#send")
         page.wait_for_selector(".a[data-done='true']", timeout=300_000)

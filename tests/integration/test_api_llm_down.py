@@ -13,7 +13,7 @@ from api.state import AppState
 from assets.collections import CollectionSpec
 from assets.index import PgVectorIndex
 from kb.ingest import ingest_collections
-from kb.settings import APISettings, LLMSettings, PlatformSettings
+from kb.settings import APISettings, AuthSettings, LLMSettings, PlatformSettings
 from query_engine.engine import AnswerEngine
 from query_engine.llm import build_llm
 from query_engine.memory import SessionStore, migrate
@@ -34,9 +34,10 @@ def test_llm_down_gives_503_on_chat_and_sources_on_query(
     engine = AnswerEngine(
         index, embedder, [spec.name], EvidenceReranker(), build_llm("openai", dead_llm, llm_settings.model, timeout=5)
     )
-    state = AppState(
-        PlatformSettings(), APISettings(), llm_settings, [spec], index, engine, SessionStore(postgres_url), postgres_url, dead_llm
-    )
+    # Sign-in off (as an operator may set it locally): this test is about the LLM, test_access.py about auth.
+    sessions = SessionStore(postgres_url)
+    state = AppState(PlatformSettings(), APISettings(), llm_settings, [spec], index, engine, sessions, postgres_url, dead_llm,
+                     auth=AuthSettings(mode="off"))  # fmt: skip
     question = "How do I roll back a bad gateway-core deploy?"
     with TestClient(create_app(state)) as client:
         chat = client.post(

@@ -52,6 +52,28 @@ def test_written_points_are_found_by_dense_and_sparse_search(index: VectorIndex,
     assert index.sparse_search("contract", query_terms("расчётных батчей"), 3)[0].doc_id == "ru.md"
 
 
+def test_document_access_lists_filter_every_search_before_ranking(index: VectorIndex, embedder) -> None:  # type: ignore[no-untyped-def]
+    restricted = points(embedder, TEXTS)
+    restricted[0] = IndexPoint(
+        **{**restricted[0].__dict__, "metadata": {**restricted[0].metadata, "acl_groups": "devops, treasury"}}
+    )
+    index.write("contract", restricted, [])
+    vector = embedder.embed_queries(["kafka consumer lag"])[0]
+    everything = {h.doc_id for h in index.dense_search("contract", vector, 3)}
+    assert "kafka.md" in everything  # no groups given: an operator's own view, every chunk
+    for groups in ([], ["viewer"], ["payments"]):
+        assert "kafka.md" not in {h.doc_id for h in index.dense_search("contract", vector, 3, groups=groups)}
+        assert index.sparse_search("contract", query_terms("kafka consumer partition"), 3, groups=groups) == []
+        assert index.document_chunks("contract", "kafka.md", groups=groups) == []
+        assert {h.doc_id for h in index.dense_search("contract", vector, 3, groups=groups)} == {"redis.md", "ru.md"}
+    assert [h.doc_id for h in index.sparse_search("contract", query_terms("kafka consumer"), 3, groups=["treasury"])] == [
+        "kafka.md"
+    ]
+    assert index.document_chunks("contract", "kafka.md", groups=["devops"])[0].metadata["acl_groups"] == ["devops", "treasury"]
+    # Filters and access lists combine.
+    assert index.dense_search("contract", vector, 3, {"lang": "en"}, groups=["viewer"])[0].doc_id == "redis.md"
+
+
 def test_metadata_filters_narrow_both_searches(index: VectorIndex, embedder) -> None:  # type: ignore[no-untyped-def]
     index.write("contract", points(embedder, TEXTS), [])
     vector = embedder.embed_queries(["kafka consumer lag"])[0]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from llama_index.core.schema import NodeWithScore, TextNode
 
-from evals.calibrate import Sample, fit_gate, fit_logistic, rates
-from query_engine.relevance import LanguageGate, RelevanceGate, Signals, _weighted_coverage
+from evals.calibrate import Sample, fit_gate, fit_logistic, gate_samples, rates
+from query_engine.relevance import LanguageGate, RelevanceGate, Signals, _weighted_coverage, signals
 from query_engine.rerank import EvidenceReranker, sentences
 
 
@@ -48,6 +48,29 @@ def test_calibration_refuses_at_most_the_target_share_of_answerable_questions() 
     assert measured["refused_unanswerable"] > 0.8  # well separated signals: most negatives refused
     bias, weights = fit_logistic(np.array([s.signals for s in samples]), np.array([s.relevant for s in samples], dtype=float))
     assert all(w > 0 for w in weights) and bias < 0
+
+
+def test_a_question_answered_from_another_language_gets_its_own_gate_where_one_is_calibrated() -> None:
+    same, cross = LanguageGate(-5.0, (1.0, 1.0, 9.0), 0.5), LanguageGate(-2.0, (4.0, 4.0, 0.0), 0.5)
+    gate = RelevanceGate({"en": same, "ru": same, "ru>x": cross})
+    english_source = [node("Retention of the payments.events topic is seven days.", lang="en")]
+    found = signals("Какой срок хранения топика?", english_source, english_source, None)
+    assert found.cross_lingual and found.coverage < 0.2
+    assert gate.gate("Какой срок хранения?", cross_lingual=True) is cross
+    assert gate.gate("Какой срок хранения?") is same
+    # No zh>x gate calibrated: Chinese questions on English sources fall back to the language's gate.
+    assert RelevanceGate({"en": same, "zh": cross}).gate("保留期是多久?", cross_lingual=True) is cross
+
+
+def test_the_cross_lingual_gate_is_fitted_only_with_enough_pairs_of_each_kind() -> None:
+    def sample(i: int, relevant: bool, cross: bool) -> Sample:
+        return Sample("c", "p", f"q{i}", "ru", (0.5, 0.5, 0.0), relevant, cross)
+
+    plenty = [sample(i, i % 2 == 0, True) for i in range(80)] + [sample(100 + i, True, False) for i in range(40)]
+    assert set(gate_samples(plenty)) == {"ru", "ru>x"}
+    assert len(gate_samples(plenty)["ru>x"]) == 80 and len(gate_samples(plenty)["ru"]) == 120
+    no_negatives = [sample(i, True, True) for i in range(80)]
+    assert set(gate_samples(no_negatives)) == {"ru"}
 
 
 def test_a_gate_without_english_is_refused() -> None:
