@@ -4,7 +4,7 @@ UV := python3 -m uv
 export HF_HUB_OFFLINE := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup browser docker ldap up test test-fast lint bench eval
+.PHONY: setup browser docker ldap prometheus up test test-fast lint bench eval
 
 # All extras: the 1.5B model parts (`kb up`) and the 0.5B ones (tests); uv sync is exact, so one set for both.
 .venv/.synced: pyproject.toml uv.lock
@@ -26,13 +26,17 @@ docker:
 ldap:
 	command -v slapd >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slapd ldap-utils >/dev/null)
 
+# Debian's Prometheus, promtool and node_exporter for the monitoring tests (tests/integration/test_monitoring.py).
+prometheus:
+	(command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 && command -v prometheus-node-exporter >/dev/null 2>&1) || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-node-exporter >/dev/null)
+
 up: setup
 	$(UV) run --frozen kb up
 
-test: setup browser docker ldap
+test: setup browser docker ldap prometheus
 	$(UV) run --frozen pytest
 
-test-fast: setup docker ldap
+test-fast: setup docker ldap prometheus
 	$(UV) run --frozen pytest -m "not e2e and not answers"
 
 lint: setup

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.auth import Caller, current_caller
+from api.http_metrics import HTTPMetrics
 from api.routes import auth, chat, health, query, sessions, webhooks
 from api.state import AppState, build_state, static_dir
 from api.validation import InputGuard
@@ -69,6 +70,8 @@ def create_app(state: AppState | None = None) -> FastAPI:
     kb_mcp = build_kb_server(lazy, scope_for=lazy.for_request)
     app.router.routes.extend(kb_mcp.streamable_http_app(streamable_http_path="/mcp").routes)
     app.add_middleware(MCPAuth)
+    # Outermost: counts every answer, the input guard's and the MCP sign-in's 4xx included.
+    app.add_middleware(HTTPMetrics)
     return app
 
 

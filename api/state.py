@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 from llama_index.core.llms import LLM
 
+from api.metrics import register_backup_collector
 from assets.collections import CollectionSpec, load_specs
 from assets.index import PgVectorIndex, QdrantIndex, VectorIndex
 from connectors.config import OURS, ConnectorsConfig, load_connectors
@@ -169,6 +170,7 @@ def build_state() -> AppState:
     check_auth_mode(auth, api)
     url = database_url(platform, postgres)
     migrate(url)
+    register_backup_collector(url)  # kb_backup_last_success_timestamp on /metrics
     index: VectorIndex = (
         QdrantIndex(url=index_settings.qdrant_url, path=index_settings.qdrant_path, api_key=index_settings.qdrant_api_key)
         if index_settings.backend == "qdrant"

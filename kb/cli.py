@@ -19,6 +19,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 from kb.audit_cli import audit_app  # noqa: E402
+from kb.backup_cli import backup_command, restore_command  # noqa: E402
 from kb.keys_cli import keys_app  # noqa: E402
 
 app = typer.Typer(help="Self-hosted knowledge assistant: ingestion platform and tools.", no_args_is_help=True)
@@ -30,6 +31,8 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(eval_app, name="eval")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
+app.command("backup")(backup_command)
+app.command("restore")(restore_command)
 console = Console(stderr=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]

@@ -9,6 +9,7 @@ import dagster as dg
 from assets.collections import CollectionSpec, load_specs
 from assets.factory import build_collection_defs
 from kb.settings import EmbeddingSettings, IndexSettings, PlatformSettings, PostgresSettings
+from pipelines.backup import build_backup_defs
 from pipelines.resources import EmbedderResource, EventQueueResource, IndexResource, StorageResource
 from pipelines.sensors import build_webhook_sensor
 
@@ -48,10 +49,11 @@ def build_definitions(specs: Sequence[CollectionSpec], resources: dict[str, dg.C
 
 
 def _defs() -> dg.Definitions:
-    platform = PlatformSettings()
-    return build_definitions(
-        load_specs(platform.collections_file), build_resources(platform, PostgresSettings(), IndexSettings(), EmbeddingSettings())
+    platform, postgres, index = PlatformSettings(), PostgresSettings(), IndexSettings()
+    collections = build_definitions(
+        load_specs(platform.collections_file), build_resources(platform, postgres, index, EmbeddingSettings())
     )
+    return dg.Definitions.merge(collections, build_backup_defs(platform, postgres, index))
 
 
 defs = _defs()

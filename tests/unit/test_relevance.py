@@ -62,15 +62,24 @@ def test_a_question_answered_from_another_language_gets_its_own_gate_where_one_i
     assert RelevanceGate({"en": same, "zh": cross}).gate("保留期是多久?", cross_lingual=True) is cross
 
 
-def test_the_cross_lingual_gate_is_fitted_only_with_enough_pairs_of_each_kind() -> None:
-    def sample(i: int, relevant: bool, cross: bool) -> Sample:
-        return Sample("c", "p", f"q{i}", "ru", (0.5, 0.5, 0.0), relevant, cross)
+def test_a_cross_lingual_gate_is_fitted_only_where_the_languages_gate_refuses_too_many_of_its_pairs() -> None:
+    rng = np.random.default_rng(3)
 
-    plenty = [sample(i, i % 2 == 0, True) for i in range(80)] + [sample(100 + i, True, False) for i in range(40)]
-    assert set(gate_samples(plenty)) == {"ru", "ru>x"}
-    assert len(gate_samples(plenty)["ru>x"]) == 80 and len(gate_samples(plenty)["ru"]) == 120
+    def sample(i: int, relevant: bool, cross: bool) -> Sample:
+        # Same-language answerable questions match many terms; cross-lingual ones almost none.
+        coverage = 0.0 if cross else (0.8 if relevant else 0.1)
+        dense = rng.normal(0.45 if relevant else 0.2, 0.05)
+        return Sample("c", "p", f"q{i}", "ru", (dense, dense, coverage), relevant, cross)
+
+    mixed = [sample(i, True, False) for i in range(120)] + [sample(200 + i, True, True) for i in range(120)]
+    mixed += [sample(400 + i, False, True) for i in range(200)]
+    fitted = gate_samples(mixed, target_refusal=0.03)
+    assert set(fitted) == {"ru", "ru>x"} and len(fitted["ru>x"]) == 320 and len(fitted["ru"]) == 440
     no_negatives = [sample(i, True, True) for i in range(80)]
-    assert set(gate_samples(no_negatives)) == {"ru"}
+    assert set(gate_samples(no_negatives, target_refusal=0.03)) == {"ru"}
+    # Cross-lingual pairs the language's gate already lets through: no gate of their own.
+    alike = [sample(i, True, True) for i in range(120)] + [sample(200 + i, False, True) for i in range(120)]
+    assert set(gate_samples(alike, target_refusal=0.03)) == {"ru"}
 
 
 def test_a_gate_without_english_is_refused() -> None:

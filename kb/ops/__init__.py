@@ -1,0 +1,1 @@
+"""Operations on the platform's state: backups and restores."""
