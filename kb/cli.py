@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -132,12 +131,15 @@ def _llm_model_path(platform: Any, llm: Any) -> Path:
 def up(
     ingest_samples: Annotated[bool, typer.Option("--ingest/--no-ingest", help="Materialize all collections after start.")] = True,
 ) -> None:
-    """Start the platform on loopback: PostgreSQL + pgvector, Dagster webserver and daemon, the LLM server and the API."""
+    """Start the platform on loopback: PostgreSQL + pgvector, Dagster code server, webserver and daemon, the LLM server
+    and the API. SIGINT (Ctrl-C) or SIGTERM at any stage stops everything it started and exits 0; a start that fails
+    (another `kb up` on the data dir, a port held by another process, a component that exits) stops it and exits 1.
+    After a crash (kill -9), the next `kb up` stops what the dead one left and recovers."""
     import dagster as dg
 
     from connectors.config import load_connectors, replayed_systems
     from kb.ingest import ingest_collections
-    from kb.platform import Platform
+    from kb.platform import Platform, PlatformError, ensure_ports_free, fail_abandoned_runs
     from kb.settings import APISettings, LLMSettings
     from pipelines.definitions import build_resources
 
@@ -145,16 +147,23 @@ def up(
     llm, api = LLMSettings(), APISettings()
     runtime = Platform(platform, postgres, index)
     logs = platform.data_dir / "logs"
-
-    def _stop(*_: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _stop)
+    failed = False
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    _on_stop_signals(_raise_keyboard_interrupt)
     try:
+        stopped = runtime.claim()
+        if stopped:
+            console.print(f"stopped what a killed kb up left running: {', '.join(stopped)}")
+        ports = {"KB_DAGSTER_PORT": platform.dagster_port, "KB_API_PORT": api.port}
+        ensure_ports_free(platform.host, ports | ({"KB_LLM_PORT": llm.port} if llm.backend == "embedded" else {}))
         with console.status("starting PostgreSQL"):
             url = runtime.start_postgres()
         runtime.apply_environment()
         assert url is not None  # start_postgres returns DATABASE_URL or the embedded server's URL
+        instance = dg.DagsterInstance.get()
+        if not postgres.database_url:  # the embedded instance is this platform's alone
+            for run_id in fail_abandoned_runs(instance):
+                console.print(f"marked run {run_id} failed: its process is gone")
         admin_key = _first_admin_key(url)
         if llm.backend == "embedded":
             with console.status(f"provisioning {llm.model}"):
@@ -162,7 +171,7 @@ def up(
             llm_url = runtime.start_llm(model_path, llm.model, llm.port, llm.context_window, llm.threads, logs)
         else:
             llm_url = llm.base_url or ""
-        with console.status("starting the Dagster webserver and daemon"):
+        with console.status("starting the Dagster code server, webserver and daemon"):
             runtime.start_dagster(logs)
             runtime.wait_for_webserver()
         if ingest_samples:
@@ -172,7 +181,8 @@ def up(
                 SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
             ) as progress:
                 task = progress.add_task("materializing collections", total=len(specs))
-                report = ingest_collections(specs, resources, dg.DagsterInstance.get(), on_done=lambda _: progress.advance(task))
+                report = ingest_collections(specs, resources, instance, on_done=lambda _: progress.advance(task))
+            _on_stop_signals(_raise_keyboard_interrupt)  # again: an in-process Dagster run replaces the handlers
             console.print_json(data=report)
         replays = replayed_systems(load_connectors())
         if replays:
@@ -191,13 +201,33 @@ def up(
         if admin_key:
             console.print(f"[bold]Admin API key[/] {admin_key}\n  shown only now: keep it (Authorization: Bearer …, the chat "
                           "page's sign-in, `kb keys create` for more); it is stored only as a hash")  # fmt: skip
-        console.print("[green]platform is up[/]; Ctrl-C stops it")
-        while True:
-            time.sleep(1)
+        console.print("[green]platform is up[/]; Ctrl-C or SIGTERM stops it")
+        runtime.watch()
     except KeyboardInterrupt:
         console.print("stopping")
+    except (PlatformError, TimeoutError) as exc:
+        console.print(f"{exc}; stopping", style="red", markup=False)
+        failed = True
     finally:
+        _on_stop_signals(signal.SIG_IGN)  # a second signal must not cut the stop short; it is bounded by timeouts
         runtime.stop()
+        for signum, handler in previous.items():
+            if handler is not None:  # None: not installed from Python, nothing to restore
+                signal.signal(signum, handler)
+    console.print("stopped")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _raise_keyboard_interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _on_stop_signals(handler: Any) -> None:
+    """The same handler for SIGINT and SIGTERM: `kb up` stops alike on Ctrl-C, `systemctl stop`, `docker stop` or a
+    Kubernetes rollout."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, handler)
 
 
 def _first_admin_key(url: str) -> str | None:

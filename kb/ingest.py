@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
@@ -25,7 +29,8 @@ def ingest_collections(
     log_level: str = "WARNING",
 ) -> dict[str, dict[str, Any]]:
     """Run each selected collection's pipeline in this process; one run per collection so a failed
-    quality gate stops only that collection. Returns the per-collection report."""
+    quality gate stops only that collection. Returns the per-collection report; SIGINT or SIGTERM during
+    a run (Dagster fails that run) stops the rest with KeyboardInterrupt."""
     defs = build_definitions(specs, resources)
     assets = list(defs.assets or [])
     report: dict[str, dict[str, Any]] = {}
@@ -36,20 +41,59 @@ def ingest_collections(
         run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": log_level}}}}
         if paths:
             run_config["ops"] = {extract_op_name(spec.name): {"config": {"paths": list(paths)}}}
-        result = dg.materialize(
-            assets,
-            resources=resources,
-            instance=instance,
-            selection=dg.AssetSelection.groups(spec.name),
-            run_config=run_config,
-            raise_on_error=False,
-            tags={"kb/trigger": "cli"},
-        )
+        with stop_signals_kept() as arrived:
+            result = dg.materialize(
+                assets,
+                resources=resources,
+                instance=instance,
+                selection=dg.AssetSelection.groups(spec.name),
+                run_config=run_config,
+                raise_on_error=False,
+                tags={"kb/trigger": "cli"},
+            )
+        if arrived:
+            raise KeyboardInterrupt(f"signal {', '.join(signal.Signals(s).name for s in sorted(arrived))} during {spec.name}")
         seconds = round(time.perf_counter() - started, 2)
         report[spec.name] = _collection_report(spec.name, result, seconds)
         if on_done:
             on_done(spec.name)
     return report
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def stop_signals_kept() -> Iterator[set[int]]:
+    """Keep this process' SIGINT and SIGTERM handlers across an in-process Dagster run, and collect which of
+    them arrived during it.
+
+    Dagster's execution swaps in its own handlers and, when it ends, sets SIGTERM to whatever SIGINT is: for a
+    process that a shell started in the background SIGINT is SIG_IGN, so SIGTERM stayed ignored for good. It
+    also turns an interrupt during a step into a failed run and forgets it. Python writes the number of every
+    signal it handles to the wakeup fd, whichever handler is installed, so that tells what arrived."""
+    arrived: set[int] = set()
+    if threading.current_thread() is not threading.main_thread():  # handlers belong to the main thread
+        yield arrived
+        return
+    saved = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    reader, writer = os.pipe()
+    os.set_blocking(reader, False)
+    os.set_blocking(writer, False)
+    previous = signal.set_wakeup_fd(writer, warn_on_full_buffer=False)
+    try:
+        yield arrived
+    finally:
+        signal.set_wakeup_fd(previous)
+        for signum, handler in saved.items():
+            if handler is not None:  # None: installed outside Python, nothing to restore
+                signal.signal(signum, handler)
+        try:
+            arrived.update(b for b in os.read(reader, 1024) if b in STOP_SIGNALS)
+        except BlockingIOError:
+            pass
+        os.close(reader)
+        os.close(writer)
 
 
 def _collection_report(collection: str, result: dg.ExecuteInProcessResult, seconds: float) -> dict[str, Any]:

