@@ -430,7 +430,8 @@ def exported(api: RunningAPI, llm: tuple[str, Platform], node_exporter: str, tra
 def test_prometheus_scrapes_the_running_api_with_its_key(prometheus: str, traffic: dict[str, int]) -> None:
     last = 'kb_http_requests_total{job="kb-api",method="POST",route="/webhooks/{source}",status="401"}'
     _wait("the last request of the traffic in Prometheus", lambda: _query(prometheus, last))
-    assert _query(prometheus, 'kb_http_requests_total{job="kb-api",method="POST",route="/v1/query",status="200"} == 1')
+    # At least: the registry is the process's, so other tests' apps in the same run count there too.
+    assert _query(prometheus, 'kb_http_requests_total{job="kb-api",method="POST",route="/v1/query",status="200"} >= 1')
     for job in sorted(JOBS):
         assert _wait(f"{job} up", lambda job=job: _query(prometheus, f'up{{job="{job}"}} == 1')), job
     # The route label is the template, never the raw path; /metrics itself is not counted.
@@ -440,7 +441,7 @@ def test_prometheus_scrapes_the_running_api_with_its_key(prometheus: str, traffi
     assert not _query(prometheus, 'kb_http_requests_total{route=~"/no/such/page|/metrics"}')
     assert _query(prometheus, 'kb_http_request_duration_seconds_count{route="/v1/chat/completions"} >= 1')
     assert _query(prometheus, 'kb_stage_duration_ms_count{job="kb-api",stage="llm_first_token"} >= 1')
-    assert _query(prometheus, 'kb_requests_total{job="kb-api",endpoint="chat",outcome="ok"} == 1')
+    assert _query(prometheus, 'kb_requests_total{job="kb-api",endpoint="chat",outcome="ok"} >= 1')
 
 
 def test_rules_load_and_evaluate_without_errors(prometheus: str) -> None:
