@@ -112,10 +112,7 @@ class LazyKnowledgeBase:
         caller = getattr(getattr(request, "state", None), "caller", None)
         if not isinstance(caller, Caller):
             raise PermissionError("not signed in")
-        readable = sorted(caller.access.collections)
-        if not readable:
-            raise PermissionError(f"role(s) {', '.join(caller.access.roles) or 'none'} may not read any collection")
-        return self._kb().scoped(readable, caller.access.groups)
+        return self._kb().scoped(caller.access.readable(None), caller.access.groups)
 
     def collections(self) -> list[dict[str, Any]]:
         return self._kb().collections()

@@ -7,6 +7,7 @@ is shown once, at creation, and only its SHA-256 is kept. With that much entropy
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import secrets
 from collections.abc import Sequence
@@ -146,8 +147,6 @@ def _record(row: Any) -> KeyRecord:
 
 
 def _json_list(values: Sequence[str]) -> str:
-    import json
-
     return json.dumps(list(values))
 
 
