@@ -428,7 +428,12 @@ def exported(api: RunningAPI, llm: tuple[str, Platform], node_exporter: str, tra
 
 
 def test_prometheus_scrapes_the_running_api_with_its_key(prometheus: str, traffic: dict[str, int]) -> None:
-    last = 'kb_http_requests_total{job="kb-api",method="POST",route="/webhooks/{source}",status="401"}'
+    # Other tests in this process may have made the same request before, so the series alone proves nothing: wait
+    # until Prometheus holds the value the traffic's last request left (a scrape reads every series at once).
+    labels = {"method": "POST", "route": "/webhooks/{source}", "status": "401"}
+    after_traffic = METRICS_REGISTRY.get_sample_value("kb_http_requests_total", labels)
+    assert after_traffic is not None and after_traffic >= 1
+    last = f'kb_http_requests_total{{job="kb-api",method="POST",route="/webhooks/{{source}}",status="401"}} >= {after_traffic}'
     _wait("the last request of the traffic in Prometheus", lambda: _query(prometheus, last))
     # At least: the registry is the process's, so other tests' apps in the same run count there too.
     assert _query(prometheus, 'kb_http_requests_total{job="kb-api",method="POST",route="/v1/query",status="200"} >= 1')
