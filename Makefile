@@ -4,7 +4,7 @@ UV := python3 -m uv
 export HF_HUB_OFFLINE := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup browser docker ldap prometheus up test test-fast lint bench eval
+.PHONY: setup browser docker ldap prometheus deploy-tools up test test-fast lint bench eval
 
 # All extras: the 1.5B model parts (`kb up`) and the 0.5B ones (tests); uv sync is exact, so one set for both.
 .venv/.synced: pyproject.toml uv.lock
@@ -30,13 +30,18 @@ ldap:
 prometheus:
 	(command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 && command -v prometheus-node-exporter >/dev/null 2>&1) || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-node-exporter >/dev/null)
 
+# Debian's docker-compose (validates deploy/compose.yaml without a daemon) and nginx (the SSE proxy of two API
+# replicas in tests/integration/test_deploy.py).
+deploy-tools:
+	(command -v docker-compose >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1) || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose nginx-light >/dev/null)
+
 up: setup
 	$(UV) run --frozen kb up
 
-test: setup browser docker ldap prometheus
+test: setup browser docker ldap prometheus deploy-tools
 	$(UV) run --frozen pytest
 
-test-fast: setup docker ldap prometheus
+test-fast: setup docker ldap prometheus deploy-tools
 	$(UV) run --frozen pytest -m "not e2e and not answers"
 
 lint: setup
