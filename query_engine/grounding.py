@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 from assets.embed import Embedder
 from assets.parse import detect_language
 from assets.sparse import analyze
+from query_engine.prompts import NOT_FOUND
 
 if TYPE_CHECKING:
     from query_engine.engine import SourceRef
@@ -46,6 +47,9 @@ SUPPORT_THRESHOLD = 0.45
 COSINE_THRESHOLD = 0.45
 MIN_JUDGED_CHARS = 20  # shorter pieces ("Yes.", "1.", a heading) carry too little to judge support on
 MAX_NOTE_ITEMS = 8
+# What a grounded unit is: a statement a source supports, one no source supports, or neither (too short to
+# judge, a heading, a question, a withheld sentence).
+SUPPORTED, UNSUPPORTED, NEUTRAL = "supported", "unsupported", "neutral"
 
 LEFT_OUT_NOTE = {
     "en": "Left out (not in the sources): {items}.",
@@ -128,6 +132,7 @@ class GroundingReport:
     dropped_markers: int = 0
     withheld_sentences: int = 0
     unsupported_identifiers: list[str] = field(default_factory=list)
+    refused_after_grounding: bool = False  # nothing the model wrote was left to say
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -404,13 +409,19 @@ class GroundedStream:
 
     `feed` returns only completed sentences, so what it emits is final; at `final=True` a note names what
     was left out, and `report` says what was done. `evidence` holds the other texts facts may come from
-    (the question, tool results, the conversation); `redact` masks what the note and report repeat."""
+    (the question, tool results, the conversation); `redact` masks what the note and report repeat.
+
+    With `sources_only` (an answer with nothing but the sources to draw on: no conversation, no tool
+    results), an answer none of whose statements a source supports is a guess from the model's own
+    knowledge ("Paris", for a question the knowledge base does not cover): it becomes the refusal. Until a
+    supported statement comes, what the model wrote is held back, so nothing of such a guess is sent."""
 
     def __init__(
         self, sources: Sequence[SourceRef], evidence: Sequence[str] = (), language: str = "en",
-        encoder: Embedder | None = None, redact: Callable[[str], str] | None = None,
+        encoder: Embedder | None = None, redact: Callable[[str], str] | None = None, sources_only: bool = False,
     ) -> None:  # fmt: skip
         self.sources = list(sources)
+        self.sources_only = sources_only
         self.language = language
         self.redact = redact or (lambda text: text)
         self.scorer = SupportScorer([s.text for s in self.sources], encoder)
@@ -422,6 +433,10 @@ class GroundedStream:
         self._emitted = ""
         self._at_line_start = True
         self._line_withheld = False
+        self._stated = False  # whether an emitted unit said something beyond markers and whitespace
+        self._held = ""  # what came before that (or, with sources_only, before a supported statement)
+        self._guessed = False  # with sources_only: a held statement that no source supports
+        self._kind = NEUTRAL  # what the last grounded unit was
 
     def prepare(self) -> None:
         """Embed the sentences of the sources in another language than the answer's now (they are the ones
@@ -432,12 +447,29 @@ class GroundedStream:
         units, self._buffer = split_units(self._buffer + delta, self._at_line_start, final)
         out: list[str] = []
         for unit in units:
-            out.append(self._ground(unit))
+            self._kind = NEUTRAL
+            grounded = self._ground(unit)
+            out.append(self._release(grounded))
             self._at_line_start = unit.endswith("\n")
         self._emitted = (self._emitted + "".join(out))[-2:]  # where the note starts depends on how the text ends
         if final:
             out.append(self._note())
         return "".join(out)
+
+    def _release(self, grounded: str) -> str:
+        """What to send of a grounded unit now: nothing while it waits for a statement that may be sent."""
+        if self._stated:
+            return grounded
+        says_something = bool(_MARKER.sub("", grounded).strip())
+        if self.sources_only and self._kind != SUPPORTED:
+            self._guessed = self._guessed or self._kind == UNSUPPORTED
+            self._held += grounded
+            return ""
+        if not says_something:  # markers and blank lines alone would cite a refusal
+            self._held += grounded
+            return ""
+        released, self._held, self._stated = self._held + grounded, "", True
+        return released
 
     def _ground(self, unit: str) -> str:
         starts_line = self._at_line_start
@@ -473,6 +505,10 @@ class GroundedStream:
         if judged and not keep and not cites_tool and scores:
             best = max(range(len(scores)), key=lambda i: scores[i])
             added = self.sources[best].n if scores[best] >= SUPPORT_THRESHOLD else None
+        if keep or added is not None or cites_tool:
+            self._kind = SUPPORTED
+        elif judged or written:  # long enough to judge, or the model claimed a source that does not say it
+            self._kind = UNSUPPORTED
         return _rewrite(unit, markers, keep, added, self.report)
 
     def _withhold(self, unit: str, missing: list[str], starts_line: bool) -> str:
@@ -486,14 +522,30 @@ class GroundedStream:
 
     def _note(self) -> str:
         items = self.report.unsupported_identifiers
+        held, self._held = self._held, ""
+        if not self._stated and not self._guessed and _MARKER.sub("", held).strip():
+            self._emitted, self._stated = held[-2:], True  # short statements nothing contradicts ("7 days.")
+            return held + self._note()
+        # Everything the model wrote was withheld, only markers, or a guess no source supports: say so as a
+        # refusal, never an empty answer or a lone "Left out" note that reads like an answer.
+        refusal = "" if self._stated else NOT_FOUND.get(self.language, NOT_FOUND["en"])
+        if refusal:
+            self.report.refused_after_grounding = True
         if not items:
-            return ""
+            return self._separated(refusal)
         shown = ", ".join(f"`{i}`" for i in items[:MAX_NOTE_ITEMS]) + (
             f" (+{len(items) - MAX_NOTE_ITEMS})" if len(items) > MAX_NOTE_ITEMS else ""
         )
+        note = LEFT_OUT_NOTE.get(self.language, LEFT_OUT_NOTE["en"]).format(items=shown)
+        return self._separated(f"{refusal}\n\n{note}" if refusal else note)
+
+    def _separated(self, text: str) -> str:
+        """`text` after what was emitted, on a paragraph of its own."""
+        if not text:
+            return ""
         newlines = len(self._emitted) - len(self._emitted.rstrip("\n"))  # of the last two characters emitted
-        gap = "\n" * (2 - newlines) if self._emitted else ""
-        return gap + LEFT_OUT_NOTE.get(self.language, LEFT_OUT_NOTE["en"]).format(items=shown)
+        gap = "\n" * (2 - newlines) if self._emitted.strip() else ""
+        return gap + text
 
 
 def _numbers(markers: list[re.Match[str]]) -> list[int]:

@@ -15,6 +15,7 @@ from assets.mask import mask_secrets
 from kb.settings import PROJECT_ROOT
 from query_engine.engine import Answer, AnswerEngine, Delta, LLMUnavailable, Retrieval, SourceRef
 from query_engine.grounding import SUPPORT_THRESHOLD, GroundedStream, identifiers, support
+from query_engine.prompts import NOT_FOUND
 
 DOCS = PROJECT_ROOT / "examples" / "knowledge_base"
 
@@ -63,7 +64,9 @@ def test_invented_command_and_path_are_withheld_and_named_in_the_note(sources: l
 def test_an_identifier_from_the_question_or_a_tool_result_is_not_invented(sources: list[SourceRef]) -> None:
     answer = "The job `settlement-rerun-7f3` failed with OOMKilled [kubernetes: list_pods settlement]."
     alone, _ = grounded(answer, sources)
-    assert alone.startswith("Left out") and "`settlement-rerun-7f3`" in alone and "`OOMKilled`" in alone
+    # Nothing else was said, so the answer is a refusal that names what it left out.
+    assert alone.startswith("I could not find this in the knowledge base.\n\nLeft out")
+    assert "`settlement-rerun-7f3`" in alone and "`OOMKilled`" in alone
     tool_output = '{"pods":[{"name":"settlement-rerun-7f3","reason":"OOMKilled"}]}'
     with_evidence, stream = grounded(answer, sources, evidence=["why did the rerun fail?", tool_output])
     assert with_evidence == answer  # a tool label is a citation: no document marker is added to it
@@ -72,7 +75,7 @@ def test_an_identifier_from_the_question_or_a_tool_result_is_not_invented(source
 
 def test_what_an_earlier_answer_left_out_stays_out(sources: list[SourceRef]) -> None:
     first, _ = grounded("Run `./fix_ledger.sh` to repair the ledger entries [2].", sources)
-    assert first == "Left out (not in the sources): `./fix_ledger.sh`."
+    assert first == "I could not find this in the knowledge base.\n\nLeft out (not in the sources): `./fix_ledger.sh`."
     again, stream = grounded("Run `./fix_ledger.sh` to repair the ledger entries [2].", sources, evidence=["and now?", first])
     assert again == first and stream.report.withheld_sentences == 1
 
@@ -134,7 +137,7 @@ def test_numbers_in_a_source_pass_and_numbers_in_none_are_withheld(sources: list
     text, stream = grounded(kept, sources)
     assert text == kept and stream.report.withheld_sentences == 0
     text, stream = grounded("The batch retries after 45 minutes, at most 12 times [3].", sources, language="ru")
-    assert text == "Опущено (этого нет в источниках): `45`, `12`."
+    assert text == "Я не нашёл ответа на этот вопрос в базе знаний.\n\nОпущено (этого нет в источниках): `45`, `12`."
     assert identifiers("1. Open the case\n2. Check 7.5 and 10:00, 3 times") == ["7.5", "10:00"]  # not "1." nor "3"
 
 
@@ -256,3 +259,54 @@ def test_a_question_repeated_back_gets_no_marker() -> None:
     stream = GroundedStream([source], ["Who won the hockey championship in 2023?"], "en")
     text = stream.feed("Who won the hockey championship in 2023 [1]? ", final=True)
     assert "[1]" not in text
+
+
+def test_an_answer_whose_every_sentence_is_withheld_becomes_a_refusal(sources: list[SourceRef]) -> None:
+    # The shape seen in `kb eval answers`: "founded in 1727" about a city no source mentions.
+    text, stream = grounded("Санкт-Петербург был основан в 1727 году [1].", sources, language="ru")
+    assert text.startswith("Я не нашёл ответа на этот вопрос в базе знаний.")
+    assert "[1]" not in text and text.endswith("`1727`.")
+    assert stream.report.refused_after_grounding and stream.report.withheld_sentences == 1
+
+
+@pytest.mark.parametrize("answer", ["[3]", "", "\n[1][2]\n"])
+def test_an_answer_of_markers_alone_is_a_refusal_that_cites_nothing(sources: list[SourceRef], answer: str) -> None:
+    text, stream = grounded(answer, sources, language="en")
+    assert text == "I could not find this in the knowledge base."
+    assert stream.report.refused_after_grounding
+
+
+def test_markers_held_back_before_the_first_statement_are_emitted_with_it(sources: list[SourceRef]) -> None:
+    stream = GroundedStream(sources)
+    first = stream.feed("[1]\n")
+    rest = stream.feed("Never edit ledger entries by hand; corrections are compensating transactions [2].\n", final=True)
+    assert first == "" and rest.startswith("[1]\nNever edit ledger entries by hand")
+    assert not stream.report.refused_after_grounding
+
+
+def test_with_sources_only_a_general_knowledge_answer_becomes_the_refusal(
+    sources: list[SourceRef], encoder: UniversalSentenceEncoder
+) -> None:
+    # The "Paris [1]" and the eval's "Канада имеет столицу Toronto.": nothing a source says.
+    for answer, language in (("The capital of France is Paris [1].", "en"), ("Канада имеет столицу Торонто.", "ru")):
+        stream = GroundedStream(sources, [answer], language, encoder, sources_only=True)
+        assert stream.feed(answer) == ""  # held back: not one word of the guess is sent
+        assert stream.feed("", final=True) == NOT_FOUND[language]
+        assert stream.report.refused_after_grounding
+
+
+def test_with_sources_only_held_sentences_go_out_with_the_first_supported_one(
+    sources: list[SourceRef], encoder: UniversalSentenceEncoder
+) -> None:
+    stream = GroundedStream(sources, ["How do I fix a reconciliation mismatch?"], "en", encoder, sources_only=True)
+    intro = "Here is what the team's guidance says about this situation.\n"
+    assert stream.feed(intro) == ""
+    supported = "Never edit ledger entries by hand; corrections are compensating transactions [2].\n"
+    assert stream.feed(supported) == intro + supported
+    assert stream.feed("", final=True) == "" and not stream.report.refused_after_grounding
+
+
+def test_with_sources_only_a_short_answer_nothing_contradicts_is_kept(sources: list[SourceRef]) -> None:
+    stream = GroundedStream(sources, ["How long does Patroni take to promote a replica?"], "en", sources_only=True)
+    assert stream.feed("30 seconds.", final=True) == "30 seconds."
+    assert not stream.report.refused_after_grounding
