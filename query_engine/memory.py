@@ -398,8 +398,8 @@ class SessionStore:
                 for c in chats
             )  # fmt: skip
             db.flush()
-            messages = _rowcount(db.execute(delete(Message).where(Message.session_id.in_(ids)), _UNSYNCED))
-            sessions = _rowcount(db.execute(delete(ChatSession).where(ChatSession.id.in_(ids)), _UNSYNCED))
+            messages = _rowcount(db.execute(delete(Message).where(Message.session_id.in_(ids)), execution_options=_UNSYNCED))
+            sessions = _rowcount(db.execute(delete(ChatSession).where(ChatSession.id.in_(ids)), execution_options=_UNSYNCED))
             if (sessions, messages) != (len(ids), expected):
                 raise RetentionError(f"archiving {len(ids)} sessions with {expected} messages deleted {sessions} sessions "
                                      f"and {messages} messages: rolled back")  # fmt: skip
@@ -410,7 +410,9 @@ class SessionStore:
         gone = ChatSession.deleted_at.is_not(None) & (ChatSession.deleted_at < policy.purge_before(now))
         with Session(self.engine) as db, db.begin():
             messages = db.scalar(select(func.count()).select_from(Message).join(ChatSession).where(gone)) or 0
-            rows = db.execute(delete(ChatSession).where(gone).returning(ChatSession.id, ChatSession.deleted_at), _UNSYNCED).all()
+            rows = db.execute(
+                delete(ChatSession).where(gone).returning(ChatSession.id, ChatSession.deleted_at), execution_options=_UNSYNCED
+            ).all()
         return MovedSessions(len(rows), messages, [r[0] for r in rows], max((r[1] for r in rows), default=None))
 
     def erase_user(self, user: str) -> dict[str, int]:
@@ -421,8 +423,10 @@ class SessionStore:
             db.execute(text("SELECT pg_advisory_xact_lock(hashtext(:user))"), {"user": f"kb-sessions:{user}"})
             owned = ChatSession.user == user
             messages = db.scalar(select(func.count()).select_from(Message).join(ChatSession).where(owned)) or 0
-            sessions = _rowcount(db.execute(delete(ChatSession).where(owned), _UNSYNCED))
-            archived = _rowcount(db.execute(delete(ArchivedSession).where(ArchivedSession.user == user), _UNSYNCED))
+            sessions = _rowcount(db.execute(delete(ChatSession).where(owned), execution_options=_UNSYNCED))
+            archived = _rowcount(
+                db.execute(delete(ArchivedSession).where(ArchivedSession.user == user), execution_options=_UNSYNCED)
+            )
             tool_calls = _rowcount(db.execute(text("DELETE FROM kb_tool_calls WHERE user_name = :user"), {"user": user}))
         return {"sessions": sessions, "messages": messages, "archived_sessions": archived, "tool_calls": tool_calls}
 
@@ -506,6 +510,7 @@ def _batches(messages: Sequence[tuple[str, str]], budget_chars: int) -> list[lis
     return [b for b in batches if b]
 
 
+LEAD_WORDS = 40
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n+")
 
 
@@ -517,7 +522,7 @@ def extractive_summary(previous: str | None, messages: Sequence[tuple[str, str]]
         return previous or ""
     frequency = Counter(term for _, s in sentences for term in set(analyze(s)))
     first_question = next((i for i, (role, _) in enumerate(messages) if role == "user"), 0)
-    lead = next(s for i, s in sentences if i >= first_question)
+    lead = " ".join(next(s for i, s in sentences if i >= first_question).split()[:LEAD_WORDS])
 
     def weight(sentence: str) -> float:
         terms = set(analyze(sentence))
