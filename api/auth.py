@@ -18,6 +18,7 @@ from api.state import AppState
 from kb.access.identity import AuthError, Identity
 from kb.access.keys import looks_like_key
 from kb.access.roles import Access
+from kb.observability import bind_user
 
 LOCAL = Identity("local", "local", roles=("admin",))
 BEARER = {"WWW-Authenticate": 'Bearer realm="kb"'}
@@ -54,6 +55,7 @@ async def current_caller(request: Request, state: StateDep) -> Caller:
             message = f"rate limit of {decision.limit} requests a minute reached; retry in {decision.retry_after_s} s"
             raise HTTPException(429, message, headers={"Retry-After": str(decision.retry_after_s)})
     request.state.caller = caller
+    bind_user(caller.identity.user)  # on this request's log lines and, when tracing, its span (enduser.id)
     return caller
 
 

@@ -20,15 +20,19 @@ from api.validation import InputGuard
 from api.validation import error_response as _error
 from assets.mask import mask_log_handlers
 from connectors.docs import build_kb_server
+from kb.observability import configure_logging, install_observability, shutdown_observability
 from query_engine.knowledge import EngineKnowledgeBase
 
 
 def create_app(state: AppState | None = None) -> FastAPI:
     """Build the app; `state` is built from the settings at start-up unless given."""
+    if state is None:  # the served app (uvicorn's factory): its first lines ("Started server process") are JSON too
+        configure_logging()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        mask_log_handlers()  # uvicorn has set up its handlers by now: nothing it logs carries a secret
+        configure_logging()  # JSON lines with request id and user, masked (uvicorn's handlers are set up by now)
+        mask_log_handlers()  # any other handler: nothing it logs carries a secret
         app.state.kb = state or build_state()
         await app.state.kb.start_connectors()
         try:
@@ -36,6 +40,7 @@ def create_app(state: AppState | None = None) -> FastAPI:
                 yield
         finally:
             await app.state.kb.stop_connectors()
+            shutdown_observability(app)  # the last spans go out before the process ends
 
     app = FastAPI(
         title="kb", description="Answers with sources from the team's knowledge base.", version="0.1.0", lifespan=lifespan
@@ -72,6 +77,8 @@ def create_app(state: AppState | None = None) -> FastAPI:
     app.add_middleware(MCPAuth)
     # Outermost: counts every answer, the input guard's and the MCP sign-in's 4xx included.
     app.add_middleware(HTTPMetrics)
+    # Request ids (X-Request-ID), the JSON access log and, with an OTLP endpoint, OpenTelemetry traces.
+    install_observability(app)
     return app
 
 

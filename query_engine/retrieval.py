@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -137,7 +138,9 @@ class HybridRetriever(BaseRetriever):
             mode = "sparse"
         # The BM25 search needs no embedding: it runs on a worker thread while the query is embedded
         # (both release the GIL: the database or Qdrant, and torch), so its time hides behind the model's.
-        sparse_future = _SEARCHES.submit(self._sparse, query) if mode in ("sparse", "hybrid") else None
+        # In the request's context: its trace and log fields (request id, user) follow the search into the pool.
+        sparse = contextvars.copy_context().run
+        sparse_future = _SEARCHES.submit(sparse, self._sparse, query) if mode in ("sparse", "hybrid") else None
         if mode in ("dense", "hybrid"):
             vector = self.embedder.embed_queries([query])[0]
             clock.lap("embed_ms")
