@@ -257,6 +257,10 @@ def summarise(rows: Sequence[Row]) -> dict[str, Any]:
         "citation_precision": _share(sum(len(r.cited_relevant) for r in answerable), cited_total),
         "answers_with_citations": round(sum(1 for r in answerable if r.cited) / n, 4),
         "refused_answerable": round(sum(r.refused for r in answerable) / n, 4),
+        # Before any LLM call (the relevance gate: no grounding report) or after it (the model's own refusal,
+        # or grounding finding no statement a source supports).
+        "refused_answerable_by_gate": round(sum(r.refused and not r.grounding for r in answerable) / n, 4),
+        "refused_answerable_after_answering": round(sum(r.refused and bool(r.grounding) for r in answerable) / n, 4),
         "answers_with_grounding_report": _share(len(reported), len(stated)),
         **grounding,
         "judged_groundedness": _share(sum(j["supported"] for j in judged), sum(j["statements"] for j in judged)),

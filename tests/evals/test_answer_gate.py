@@ -56,11 +56,11 @@ def test_answers_stay_within_the_gate(case: dict, llm: tuple[LLMSettings, str]) 
     assert result["questions"] == GATE["questions"] and result["off_topic_probes"] == GATE["probes"]
     assert result["probes_language"] == case["variant"], "off-topic probes must be asked in the questions' language"
     figures = {k: v for k, v in result.items() if k != "rows"}
-    for metric, floor in GATE["min"].items():
+    for metric, floor in (GATE["min"] | case.get("min", {})).items():
         assert result[metric] is not None and result[metric] >= floor, (
             f"{case['id']} {metric} {result[metric]} < {floor}: {figures}"
         )
-    for metric, ceiling in GATE["max"].items():
+    for metric, ceiling in (GATE["max"] | case.get("max", {})).items():
         assert result[metric] is not None and result[metric] <= ceiling, (
             f"{case['id']} {metric} {result[metric]} > {ceiling}: {figures}"
         )

@@ -87,6 +87,9 @@ def test_figures_split_answerable_questions_from_probes() -> None:
     ]
     figures = summarise(rows)
     assert figures["questions"] == 2 and figures["refused_answerable"] == 0.5 and figures["answer_containment"] == 0.5
+    assert figures["refused_answerable_by_gate"] == 0.5 and figures["refused_answerable_after_answering"] == 0.0
+    after = score(answerable, _answer(NOT_FOUND["en"], grounding={**_report(1, 0, 0), "refused_after_grounding": True}), 1, {})
+    assert summarise([rows[0], after])["refused_answerable_after_answering"] == 0.5
     assert (
         figures["off_topic_probes"] == 2 and figures["off_topic_refusal_rate"] == 0.5 and figures["off_topic_citing_rate"] == 0.5
     )
