@@ -361,7 +361,8 @@ def install_observability(app: FastAPI, settings: ObservabilitySettings | None =
     settings = settings or ObservabilitySettings()
     app.add_middleware(AccessLog)
     # Outermost of the app's middleware: the id is known to everything inside, 4xx of the input guard included.
-    app.add_middleware(CorrelationIdMiddleware, header_name=REQUEST_ID_HEADER)
+    # The request's own header stays as sent: the input guard inside must still see (and refuse) a NUL byte in it.
+    app.add_middleware(CorrelationIdMiddleware, header_name=REQUEST_ID_HEADER, update_request_header=False)
     observability = Observability(settings, configure_tracing(app, settings))
     app.state.observability = observability
     return observability
