@@ -78,3 +78,16 @@ class QueryResponse(BaseModel):
     language: str
     error: str | None = None
     steps: list[dict[str, Any]] | None = Field(default=None, description="Tool calls of an agent answer.")
+
+
+class ErasureReport(BaseModel):
+    """What DELETE /v1/me/data (or an admin's DELETE /v1/admin/users/{user}/data) removed, at once and for good."""
+
+    user: str
+    sessions: int = Field(description="Sessions deleted: open, closed, and deleted ones still in their grace.")
+    messages: int = Field(description="Messages of those sessions.")
+    archived_sessions: int = Field(description="Sessions deleted from the archive (idle more than 90 days).")
+    tool_calls: int = Field(description="Rows of the tool-call log (kb_tool_calls) made by the user's questions.")
+    session_tokens_revoked: int = Field(description="Sign-in (LDAP) session tokens ended.")
+    api_keys_revoked: int = Field(description="API keys revoked: only an admin's erasure revokes them.")
+    audit_seq: int = Field(description="The audit row recording this erasure; audit rows are kept for their retention.")

@@ -11,6 +11,7 @@ from assets.factory import build_collection_defs
 from kb.settings import EmbeddingSettings, IndexSettings, PlatformSettings, PostgresSettings
 from pipelines.backup import build_backup_defs
 from pipelines.resources import EmbedderResource, EventQueueResource, IndexResource, StorageResource
+from pipelines.retention import build_retention_defs
 from pipelines.sensors import build_webhook_sensor
 
 
@@ -53,7 +54,9 @@ def _defs() -> dg.Definitions:
     collections = build_definitions(
         load_specs(platform.collections_file), build_resources(platform, postgres, index, EmbeddingSettings())
     )
-    return dg.Definitions.merge(collections, build_backup_defs(platform, postgres, index))
+    return dg.Definitions.merge(
+        collections, build_backup_defs(platform, postgres, index), build_retention_defs(platform, postgres)
+    )
 
 
 defs = _defs()

@@ -10,6 +10,7 @@ their sessions, archived ones included, at once."""
 
 from __future__ import annotations
 
+import builtins
 import json
 import math
 import re
@@ -268,7 +269,7 @@ class SessionStore:
             )
             return bool(done.rowcount)  # type: ignore[attr-defined]
 
-    def search(self, query: str, user: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+    def search(self, query: str, user: str | None = None, limit: int = 20) -> builtins.list[dict[str, Any]]:
         """Full-text search over message contents (PostgreSQL tsvector, 'simple' configuration: any language)."""
         sql = text(
             """SELECT m.session_id, m.seq, m.role, ts_headline('simple', m.content, q) AS snippet, ts_rank(m.search, q) AS rank
@@ -297,7 +298,7 @@ class SessionStore:
             window = [older[i] for i in picked] + window
         return Context(summary, window)
 
-    def needs_summary(self, session_id: str) -> list[tuple[str, str]] | None:
+    def needs_summary(self, session_id: str) -> builtins.list[tuple[str, str]] | None:
         """Messages to fold into the summary, once a session passes 30 messages and the summary is behind."""
         with Session(self.engine) as db:
             chat = _live(db, session_id)
@@ -335,7 +336,7 @@ class SessionStore:
     # Retention (pipelines/retention.py): each step judges sessions by `now`, the job's clock, never the wall clock.
 
     def pending_summaries(self, policy: RetentionPolicy, now: datetime, *, redo_extractive: bool,
-                          limit: int) -> list[PendingSummary]:  # fmt: skip
+                          limit: int) -> builtins.list[PendingSummary]:  # fmt: skip
         """Sessions idle between the summary and archive limits whose summary misses messages (or, with
         `redo_extractive`, was only extractive), least recently active first."""
         counts = select(Message.session_id, func.count().label("n")).group_by(Message.session_id).subquery()
@@ -413,7 +414,7 @@ class SessionStore:
             rows = db.execute(
                 delete(ChatSession).where(gone).returning(ChatSession.id, ChatSession.deleted_at), execution_options=_UNSYNCED
             ).all()
-        return MovedSessions(len(rows), messages, [r[0] for r in rows], max((r[1] for r in rows), default=None))
+        return MovedSessions(len(rows), messages, [r[0] for r in rows], max((r[1] for r in rows if r[1]), default=None))
 
     def erase_user(self, user: str) -> dict[str, int]:
         """The right to erasure: every session of `user` (open, closed, deleted in grace, archived), its messages,
@@ -430,7 +431,7 @@ class SessionStore:
             tool_calls = _rowcount(db.execute(text("DELETE FROM kb_tool_calls WHERE user_name = :user"), {"user": user}))
         return {"sessions": sessions, "messages": messages, "archived_sessions": archived, "tool_calls": tool_calls}
 
-    def archived(self, user: str | None = None, run_id: str | None = None) -> list[dict[str, Any]]:
+    def archived(self, user: str | None = None, run_id: str | None = None) -> builtins.list[dict[str, Any]]:
         """Archived sessions (as GET showed them, plus archived_at and run_id), oldest activity first."""
         query = select(ArchivedSession).order_by(ArchivedSession.updated_at)
         if user is not None:
@@ -440,6 +441,17 @@ class SessionStore:
         with Session(self.engine) as db:
             return [{**a.session, "archived_at": a.archived_at, "run_id": a.run_id, "message_count": a.message_count}
                     for a in db.scalars(query)]  # fmt: skip
+
+    def stored(self, session_id: str) -> bool:
+        """Whether kb_sessions still holds the row, deleted or not (the archive's check: moved, not copied)."""
+        with Session(self.engine) as db:
+            return db.get(ChatSession, session_id) is not None
+
+    def purge_tool_calls(self, before: datetime) -> int:
+        """Drop kb_tool_calls rows older than `before`: the connectors' own record of calls the audit log also holds,
+        kept as long as the audit log keeps its copy."""
+        with self.engine.begin() as conn:
+            return _rowcount(conn.execute(text("DELETE FROM kb_tool_calls WHERE at < :before"), {"before": before}))
 
     def stages(self, policy: RetentionPolicy, now: datetime) -> Counter[Stage]:
         """How many sessions each policy stage holds at `now` (what the job's checks expect to be left)."""
@@ -471,7 +483,8 @@ def _pending(chat: ChatSession, redo_extractive: bool) -> PendingSummary:
 
 def _archived_dict(chat: ChatSession) -> dict[str, Any]:
     """The session with its messages as JSON values (times in ISO 8601)."""
-    return json.loads(json.dumps(_session_dict(chat, with_messages=True), default=_iso, ensure_ascii=False))
+    data: dict[str, Any] = json.loads(json.dumps(_session_dict(chat, with_messages=True), default=_iso, ensure_ascii=False))
+    return data
 
 
 def _iso(value: Any) -> str:
@@ -511,6 +524,7 @@ def _batches(messages: Sequence[tuple[str, str]], budget_chars: int) -> list[lis
 
 
 LEAD_WORDS = 40
+LABEL_WORDS = 3  # "Asked:" and "Key points:"
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n+")
 
 
@@ -522,13 +536,13 @@ def extractive_summary(previous: str | None, messages: Sequence[tuple[str, str]]
         return previous or ""
     frequency = Counter(term for _, s in sentences for term in set(analyze(s)))
     first_question = next((i for i, (role, _) in enumerate(messages) if role == "user"), 0)
-    lead = " ".join(next(s for i, s in sentences if i >= first_question).split()[:LEAD_WORDS])
+    lead = " ".join(next((s for i, s in sentences if i >= first_question), sentences[0][1]).split()[:LEAD_WORDS])
 
     def weight(sentence: str) -> float:
         terms = set(analyze(sentence))
         return sum(frequency[t] for t in terms) / math.sqrt(len(terms)) if terms else 0.0
 
-    budget = max_words - len((previous or "").split()) - len(lead.split())
+    budget = max_words - len((previous or "").split()) - len(lead.split()) - LABEL_WORDS
     picked: set[int] = set()
     for n, (_, sentence) in sorted(enumerate(sentences), key=lambda item: -weight(item[1][1])):
         words = len(sentence.split())

@@ -1,18 +1,26 @@
 """/v1/auth: sign in with a directory password (LDAP) for a session token, who am I, sign out;
-/v1/admin/keys: API keys for the admin role."""
+/v1/admin/keys: API keys for the admin role; /v1/me/data and /v1/admin/users/{user}/data: the right to erasure.
+
+Erasure removes a user's conversations (archived ones too) and tool-call records at once, without the grace a
+single session's delete gets, and ends their sign-in sessions. The audit log keeps its rows about the user for
+their retention (a legal hold) and records the erasure itself. A user's own erasure leaves API keys alone: an
+admin issued them (often to a script), and an admin revokes them, as an admin's erasure of a user does."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from api.auth import AdminDep, CallerDep, client_of, failed_sign_in, throttle_failed_sign_ins
+from api.auth import AdminDep, Caller, CallerDep, client_of, failed_sign_in, throttle_failed_sign_ins
 from api.deps import StateDep
+from api.schemas import ErasureReport
+from api.state import AppState
 from kb.access.identity import AuthError
+from kb.access.keys import Kind
 
 router = APIRouter(tags=["auth"])
 
@@ -98,3 +106,29 @@ async def revoke_key(key_id: Annotated[str, Field(max_length=16)], caller: Admin
     if not await run_in_threadpool(state.keys.revoke, key_id):
         raise HTTPException(404, f"no active key {key_id!r}")
     await run_in_threadpool(state.audit.record, caller.user(), "admin.key_revoke", target=key_id)
+
+
+@router.delete("/v1/me/data", tags=["privacy"])
+async def erase_my_data(caller: CallerDep, state: StateDep) -> ErasureReport:
+    """Erase all your conversations (archived ones included) and tool-call records now, and end your sign-in sessions."""
+    if caller.identity.method == "local":
+        raise HTTPException(400, "sign-in is off (KB_AUTH_MODE=off), so there is no signed-in user to erase; "
+                            "use DELETE /v1/admin/users/{user}/data")  # fmt: skip
+    return await _erase(state, caller, caller.user(), "user_data_erase", revoke_api_keys=False)
+
+
+@router.delete("/v1/admin/users/{user}/data", tags=["privacy"])
+async def erase_user_data(user: Annotated[str, Path(min_length=1, max_length=200)], caller: AdminDep,
+                          state: StateDep) -> ErasureReport:  # fmt: skip
+    """Erase a user's conversations and tool-call records, and revoke their sign-in sessions and API keys."""
+    return await _erase(state, caller, user, "admin.user_data_erase", revoke_api_keys=True)
+
+
+async def _erase(state: AppState, caller: Caller, user: str, action: str, *, revoke_api_keys: bool) -> ErasureReport:
+    # Credentials first: nothing new is written with them while the data goes.
+    kinds: tuple[Kind, ...] = ("session", "api_key") if revoke_api_keys else ("session",)
+    revoked = await run_in_threadpool(state.keys.revoke_user, user, kinds)
+    erased = await run_in_threadpool(state.sessions.erase_user, user)
+    counts = {**erased, "session_tokens_revoked": revoked["session"], "api_keys_revoked": revoked.get("api_key", 0)}
+    seq = await run_in_threadpool(lambda: state.audit.record(caller.user(), action, target=user, detail=counts))
+    return ErasureReport(user=user, audit_seq=seq, **counts)

@@ -61,8 +61,11 @@ async def chat_completions(body: ChatCompletionRequest, state: StateDep, caller:
     if not question:
         raise HTTPException(400, "the conversation has no user message with text")
     session_id = await run_in_threadpool(_open_session, state, body, question, user)
-    await run_in_threadpool(state.sessions.add, session_id, "user", question)  # stored before any answer is tried
-    context = await run_in_threadpool(state.sessions.context, session_id, question)
+    try:
+        await run_in_threadpool(state.sessions.add, session_id, "user", question)  # stored before any answer is tried
+        context = await run_in_threadpool(state.sessions.context, session_id, question)
+    except KeyError:  # deleted (or its user's data erased) since it was opened
+        raise HTTPException(404, f"unknown session {session_id!r}") from None
     stored = [ChatMessage(role=MessageRole(r), content=c) for r, c in context.messages[:-1]]
     given = [
         ChatMessage(role=MessageRole(m.role), content=mask_secrets(m.text()).text)

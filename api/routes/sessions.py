@@ -1,5 +1,8 @@
 """/v1/sessions: list, get, delete, full-text search, export as Markdown or JSON.
 
+A deleted session answers 404 everywhere at once; the retention job (pipelines/retention.py) purges its rows after
+the grace. Erasing all of a user's data is DELETE /v1/me/data (api/routes/auth.py).
+
 Users see only their own sessions. A role with `read_others_sessions` (auditor) reads anyone's, and each
 such read is recorded in the audit log; a session that is not the caller's and not readable by them
 is answered 404, like one that does not exist, so ids cannot be probed."""
@@ -78,7 +81,7 @@ async def get_session(session_id: str, state: StateDep, caller: CallerDep) -> di
 
 @router.delete("/{session_id}", status_code=204)
 async def delete_session(session_id: str, state: StateDep, caller: CallerDep) -> None:
-    """Delete one of your sessions and its messages."""
+    """Delete one of your sessions: gone at once for everyone; its messages are purged after the grace (30 days)."""
     await _readable(state, caller, session_id, write=True)
     if not await run_in_threadpool(state.sessions.delete, session_id):
         raise HTTPException(404, f"unknown session {session_id!r}")

@@ -194,6 +194,8 @@ class AuditLog:
         with self._pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
             head = _read_head(conn)
+            if head is None and _scalar(conn, "SELECT count(*) FROM kb_audit", ()) == 0:
+                return 0  # nothing was ever recorded (rows without a head would be tampering)
             if head is None or not _head_sealed(self._key, head):
                 raise AuditError("refusing to purge: the audit head is missing or edited (run `kb audit verify`)")
             cutoff = self._now() - older_than

@@ -125,6 +125,20 @@ class KeyStore:
             )
         return bool(done.rowcount)
 
+    def revoke_user(self, user: str, kinds: Sequence[Kind] = ("api_key", "session")) -> dict[str, int]:
+        """Revoke every active key and sign-in session of `user` among `kinds` (erasure, offboarding); how many of
+        each kind. The rows stay, revoked: audit rows name key ids."""
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                text("""UPDATE kb_api_keys SET revoked_at = now() WHERE "user" = :user AND kind = ANY(:kinds)
+                        AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()) RETURNING kind"""),
+                {"user": user, "kinds": list(kinds)},
+            ).all()
+        revoked: dict[str, int] = dict.fromkeys(kinds, 0)
+        for (kind,) in rows:
+            revoked[kind] += 1
+        return revoked
+
     def has_admin(self, admin_roles: Sequence[str]) -> bool:
         """Whether an active API key with one of these roles exists (first run creates one otherwise)."""
         with self.engine.connect() as conn:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import text
 
-from query_engine.memory import RELEVANT_OLDER, WINDOW, SessionStore, migrate
+from query_engine.memory import RELEVANT_OLDER, WINDOW, RetentionPolicy, SessionStore, migrate
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +68,32 @@ def test_a_session_past_thirty_messages_asks_for_a_summary(store: SessionStore) 
     assert store.context(session_id, "numbers").summary == "They talked about numbers."
 
 
-def test_deleting_a_session_removes_its_messages(store: SessionStore) -> None:
+def test_a_deleted_session_leaves_every_read_at_once_and_its_rows_after_the_grace(store: SessionStore) -> None:
     session_id = store.create("frank", "bye", "m")
-    store.add(session_id, "user", "hello")
+    store.add(session_id, "user", "hello zanzibarquux")
     assert store.delete(session_id) is True
     assert store.get(session_id) is None and store.delete(session_id) is False
+    assert store.owner(session_id) is None and not store.exists(session_id) and store.export(session_id, "json") is None
+    assert session_id not in {s["id"] for s in store.list("frank")} and store.search("zanzibarquux") == []
+    assert store.needs_summary(session_id) is None
     with pytest.raises(KeyError):
         store.add(session_id, "user", "too late")
+    with pytest.raises(KeyError):
+        store.context(session_id, "hello")
+    assert store.stored(session_id)  # in its grace: the rows stay, so an operator can restore a mistaken delete
+    policy = RetentionPolicy()
+    in_grace = store.purge_deleted(policy, datetime.now(UTC) + timedelta(days=29))
+    assert session_id not in in_grace.ids and store.stored(session_id)
+    purged = store.purge_deleted(policy, datetime.now(UTC) + timedelta(days=31))
+    assert session_id in purged.ids and purged.messages >= 1 and not store.stored(session_id)
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM kb_messages WHERE session_id = :id"), {"id": session_id}).scalar() == 0
+
+
+def test_deleted_sessions_do_not_count_against_the_open_session_limit(store: SessionStore) -> None:
+    first = store.create("gina", "one", "m", max_open=1)
+    store.delete(first)
+    second = store.create("gina", "two", "m", max_open=1)
+    third = store.create("gina", "three", "m", max_open=1)
+    assert {s["id"]: s["closed"] for s in store.list("gina")} == {second: True, third: False}
+    assert store.restore(first) and store.owner(first) == ("gina", False)  # restored as it was
