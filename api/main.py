@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from mcp.server.transport_security import TransportSecuritySettings
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -21,6 +22,7 @@ from api.validation import error_response as _error
 from assets.mask import mask_log_handlers
 from connectors.docs import build_kb_server
 from kb.observability import configure_logging, install_observability, shutdown_observability
+from kb.settings import APISettings
 from query_engine.knowledge import EngineKnowledgeBase
 
 
@@ -73,13 +75,23 @@ def create_app(state: AppState | None = None) -> FastAPI:
     # reads what the request's bearer may read (MCPAuth below signs the request in).
     lazy = LazyKnowledgeBase(app)
     kb_mcp = build_kb_server(lazy, scope_for=lazy.for_request)
-    app.router.routes.extend(kb_mcp.streamable_http_app(streamable_http_path="/mcp").routes)
+    security = mcp_transport_security(state.api if state else APISettings())
+    app.router.routes.extend(kb_mcp.streamable_http_app(streamable_http_path="/mcp", transport_security=security).routes)
     app.add_middleware(MCPAuth)
     # Outermost: counts every answer, the input guard's and the MCP sign-in's 4xx included.
     app.add_middleware(HTTPMetrics)
     # Request ids (X-Request-ID), the JSON access log and, with an OTLP endpoint, OpenTelemetry traces.
     install_observability(app)
     return app
+
+
+def mcp_transport_security(settings: APISettings) -> TransportSecuritySettings:
+    """The MCP SDK's DNS-rebinding protection (a browser page must not reach /mcp through a name it controls):
+    loopback, as the SDK allows by default, plus the names the API is served by behind a proxy."""
+    loopback = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
+    origins = [f"{scheme}://{host}" for host in [*loopback, *settings.allowed_hosts] for scheme in ("http", "https")]
+    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=[*loopback, *settings.allowed_hosts],
+                                     allowed_origins=origins)  # fmt: skip
 
 
 class MCPAuth:

@@ -141,8 +141,11 @@ class AppState:
 
     def llm_reachable(self) -> bool:
         url = self.llm_base_url.rstrip("/") + ("/api/tags" if self.llm_settings.backend == "ollama" else "/models")
+        # A server started with an API key (vLLM --api-key) answers /models only with it.
+        key = self.llm_settings.api_key
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
         try:
-            return httpx.get(url, timeout=2).status_code == 200
+            return httpx.get(url, timeout=2, headers=headers).status_code == 200
         except httpx.HTTPError:
             return False
 

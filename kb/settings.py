@@ -143,6 +143,8 @@ class APISettings(BaseSettings):
     max_request_bytes: int = Field(default=1_000_000)
     reranker_model_dir: Path | None = Field(default=None, description="A FlagEmbedding cross-encoder (bge-reranker-v2-m3).")
     environment: str = Field(default="local", description="'local' allows the default webhook secret; nothing else does.")
+    allowed_hosts: list[str] = Field(default_factory=list, description="Host headers the API is reached by behind a proxy "
+                                     "(`kb.example.internal`, `kb.example.internal:8443`); /mcp answers others 421.")  # fmt: skip
 
     @model_validator(mode="after")
     def _no_default_secret_outside_local(self) -> Self:
