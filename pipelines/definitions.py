@@ -10,6 +10,7 @@ from assets.collections import CollectionSpec, load_specs
 from assets.factory import build_collection_defs
 from kb.settings import EmbeddingSettings, IndexSettings, PlatformSettings, PostgresSettings
 from pipelines.backup import build_backup_defs
+from pipelines.knowledge_gaps import build_knowledge_gaps_defs
 from pipelines.resources import EmbedderResource, EventQueueResource, IndexResource, StorageResource
 from pipelines.retention import build_retention_defs
 from pipelines.sensors import build_webhook_sensor
@@ -55,7 +56,10 @@ def _defs() -> dg.Definitions:
         load_specs(platform.collections_file), build_resources(platform, postgres, index, EmbeddingSettings())
     )
     return dg.Definitions.merge(
-        collections, build_backup_defs(platform, postgres, index), build_retention_defs(platform, postgres)
+        collections,
+        build_backup_defs(platform, postgres, index),
+        build_retention_defs(platform, postgres),
+        build_knowledge_gaps_defs(platform, postgres),
     )
 
 

@@ -23,3 +23,13 @@ def test_every_configured_collection_gets_its_asset_group_checks_job_and_schedul
     crons = {s.name: s.cron_schedule for s in repo.schedule_defs}
     assert crons == {"technical_docs_refresh": "0 3 * * *", "runbooks_refresh": "0 4 * * 1"}
     assert [s.name for s in repo.sensor_defs] == ["webhook_events"]
+
+
+def test_the_code_location_loads_the_operations_jobs_next_to_the_collections() -> None:
+    from pipelines.definitions import defs
+
+    repo = defs.get_repository_def()
+    assert {"backup", "retention", "knowledge_gaps_report"} <= set(repo.job_names)
+    assert {"backup_daily", "retention_daily", "knowledge_gaps_weekly"} <= {s.name for s in repo.schedule_defs}
+    operations = {key.path[-1] for key, a in repo.assets_defs_by_key.items() if a.group_names_by_key.get(key) == "operations"}
+    assert {"knowledge_gaps", "retention_summaries", "retention_archive", "retention_purge", "retention_audit"} <= operations
