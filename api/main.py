@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.auth import Caller, current_caller
 from api.http_metrics import HTTPMetrics
-from api.routes import auth, chat, health, query, sessions, webhooks
+from api.routes import auth, chat, feedback, health, query, sessions, webhooks
 from api.state import AppState, build_state, static_dir
 from api.validation import InputGuard
 from api.validation import error_response as _error
@@ -69,7 +69,7 @@ def create_app(state: AppState | None = None) -> FastAPI:
     def page() -> FileResponse:
         return FileResponse(static_dir() / "chat.html")
 
-    for module in (auth, chat, query, sessions, webhooks, health):
+    for module in (auth, chat, query, sessions, feedback, webhooks, health):
         app.include_router(module.router)
     # The knowledge base as an MCP server (streamable HTTP) for IDE agents, next to the HTTP API; each call
     # reads what the request's bearer may read (MCPAuth below signs the request in).

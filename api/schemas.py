@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -88,6 +89,27 @@ class ErasureReport(BaseModel):
     messages: int = Field(description="Messages of those sessions.")
     archived_sessions: int = Field(description="Sessions deleted from the archive (idle more than 90 days).")
     tool_calls: int = Field(description="Rows of the tool-call log (kb_tool_calls) made by the user's questions.")
+    feedback: int = Field(description="The user's votes on answers, other people's included.")
     session_tokens_revoked: int = Field(description="Sign-in (LDAP) session tokens ended.")
     api_keys_revoked: int = Field(description="API keys revoked: only an admin's erasure revokes them.")
     audit_seq: int = Field(description="The audit row recording this erasure; audit rows are kept for their retention.")
+
+
+class FeedbackRequest(BaseModel):
+    """A thumbs up or down on an answer, with an optional comment (masked before it is stored)."""
+
+    rating: Literal["up", "down"]
+    comment: str | None = Field(default=None, max_length=2_000, description="Optional; at most 2,000 characters.")
+
+
+class FeedbackOut(BaseModel):
+    """One user's stored feedback on one answer."""
+
+    id: int
+    message_id: int
+    session_id: str
+    user: str = Field(description="Who gave it.")
+    rating: Literal["up", "down"]
+    comment: str | None = Field(description="As stored: masked.")
+    created_at: datetime
+    updated_at: datetime = Field(description="When the vote was last given; a second vote replaces the first.")

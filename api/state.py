@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 from llama_index.core.llms import LLM
 
-from api.metrics import register_backup_collector
+from api.metrics import register_backup_collector, register_usage_collector
 from assets.collections import CollectionSpec, load_specs
 from assets.index import PgVectorIndex, QdrantIndex, VectorIndex
 from connectors.config import OURS, ConnectorsConfig, load_connectors
@@ -174,6 +174,7 @@ def build_state() -> AppState:
     url = database_url(platform, postgres)
     migrate(url)
     register_backup_collector(url)  # kb_backup_last_success_timestamp on /metrics
+    register_usage_collector(url)  # active users, sessions, messages per session, feedback votes
     index: VectorIndex = (
         QdrantIndex(url=index_settings.qdrant_url, path=index_settings.qdrant_path, api_key=index_settings.qdrant_api_key)
         if index_settings.backend == "qdrant"

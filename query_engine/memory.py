@@ -418,18 +418,21 @@ class SessionStore:
 
     def erase_user(self, user: str) -> dict[str, int]:
         """The right to erasure: every session of `user` (open, closed, deleted in grace, archived), its messages,
-        and the user's rows of the tool-call log, in one transaction. The audit log keeps its rows (legal hold)."""
+        the user's feedback and rows of the tool-call log, in one transaction. The audit log keeps its rows (legal hold)."""
         with Session(self.engine) as db, db.begin():
             # create()'s lock: no session of this user is created halfway through.
             db.execute(text("SELECT pg_advisory_xact_lock(hashtext(:user))"), {"user": f"kb-sessions:{user}"})
             owned = ChatSession.user == user
+            # The user's votes on other people's answers too (those on their own sessions go with the messages).
+            feedback = _rowcount(db.execute(text('DELETE FROM kb_feedback WHERE "user" = :user'), {"user": user}))
             messages = db.scalar(select(func.count()).select_from(Message).join(ChatSession).where(owned)) or 0
             sessions = _rowcount(db.execute(delete(ChatSession).where(owned), execution_options=_UNSYNCED))
             archived = _rowcount(
                 db.execute(delete(ArchivedSession).where(ArchivedSession.user == user), execution_options=_UNSYNCED)
             )
             tool_calls = _rowcount(db.execute(text("DELETE FROM kb_tool_calls WHERE user_name = :user"), {"user": user}))
-        return {"sessions": sessions, "messages": messages, "archived_sessions": archived, "tool_calls": tool_calls}
+        return {"sessions": sessions, "messages": messages, "archived_sessions": archived, "tool_calls": tool_calls,
+                "feedback": feedback}  # fmt: skip
 
     def archived(self, user: str | None = None, run_id: str | None = None) -> builtins.list[dict[str, Any]]:
         """Archived sessions (as GET showed them, plus archived_at and run_id), oldest activity first."""
@@ -561,7 +564,7 @@ def _session_dict(chat: ChatSession, with_messages: bool) -> dict[str, Any]:
                             "closed_at": chat.closed_at}  # fmt: skip
     if with_messages:
         data["messages"] = [
-            {"seq": m.seq, "role": m.role, "content": m.content, "sources": (m.sources or {}).get("items", []),
+            {"id": m.id, "seq": m.seq, "role": m.role, "content": m.content, "sources": (m.sources or {}).get("items", []),
              "prompt_tokens": m.prompt_tokens, "completion_tokens": m.completion_tokens, "created_at": m.created_at}
             for m in chat.messages
         ]  # fmt: skip

@@ -16,13 +16,14 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import CallerDep, readable_collections
 from api.deps import StateDep
-from api.metrics import REQUESTS, observe
+from api.metrics import REQUESTS, SESSIONS_CREATED, observe, observe_answer
 from api.schemas import ChatCompletionRequest
 from api.sources import source_dicts
 from api.state import AppState
 from assets.mask import mask_secrets
 from query_engine.agent import AgentAnswer, StepEvent
 from query_engine.engine import Answer, Delta, LLMUnavailable
+from query_engine.feedback import FeedbackStore
 from query_engine.memory import summary_prompt
 from query_engine.routing import resolve_model
 
@@ -103,7 +104,7 @@ async def chat_completions(body: ChatCompletionRequest, state: StateDep, caller:
         if isinstance(event, Answer):
             answer = event
     assert answer is not None
-    sources = await _finish(state, session_id, answer)
+    sources, message_id = await _finish(state, session_id, answer)
     extra = {"steps": [s.step() for s in answer.steps]} if isinstance(answer, AgentAnswer) else {}
     extra["route"] = {"task": task, "model": model}
     return {
@@ -121,6 +122,7 @@ async def chat_completions(body: ChatCompletionRequest, state: StateDep, caller:
         "grounding": answer.grounding,
         "timings": answer.timings,
         "session_id": session_id,
+        "message_id": message_id,  # what POST /v1/messages/{id}/feedback rates
         **extra,
     }
 
@@ -136,18 +138,23 @@ def _open_session(state: AppState, body: ChatCompletionRequest, question: str, u
             raise HTTPException(409, f"session {body.session_id} is closed (more than {state.role_config.max_open_sessions} "
                                 "were open); start a new one")  # fmt: skip
         return body.session_id
-    return state.sessions.create(user, question[:80], state.llm_settings.model, max_open=state.role_config.max_open_sessions)
+    created = state.sessions.create(user, question[:80], state.llm_settings.model, max_open=state.role_config.max_open_sessions)
+    SESSIONS_CREATED.inc()
+    return created
 
 
-async def _finish(state: AppState, session_id: str, answer: Answer) -> list[dict[str, Any]]:
+async def _finish(state: AppState, session_id: str, answer: Answer) -> tuple[list[dict[str, Any]], int | None]:
+    """Store the answer and count it; its sources and stored message id (None if its user was erased meanwhile)."""
     sources = source_dicts(answer.sources)
-    await run_in_threadpool(
+    seq = await run_in_threadpool(
         state.sessions.add, session_id, "assistant", answer.text, sources, answer.prompt_tokens, answer.completion_tokens
     )
+    message_id = await run_in_threadpool(FeedbackStore(state.sessions.engine).message_id, session_id, seq)
     observe(answer.timings, sources)
+    observe_answer("chat", answer)
     REQUESTS.labels("chat", "ok").inc()
     await _maybe_summarize(state, session_id)
-    return sources
+    return sources, message_id
 
 
 async def _maybe_summarize(state: AppState, session_id: str) -> None:
@@ -191,10 +198,10 @@ async def _sse(
                 if event.text:
                     yield _chunk(completion_id, model, {"content": event.text})
                 continue
-            sources = await _finish(state, session_id, event)
+            sources, message_id = await _finish(state, session_id, event)
             extra = {"steps": [s.step() for s in event.steps]} if isinstance(event, AgentAnswer) else {}
             yield _chunk(completion_id, model, {}, "stop", sources=sources, grounding=event.grounding, timings=event.timings,
-                         session_id=session_id, **extra)  # fmt: skip
+                         session_id=session_id, message_id=message_id, **extra)  # fmt: skip
             break
     except StopAsyncIteration:
         pass

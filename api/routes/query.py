@@ -7,7 +7,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import Caller, CallerDep, readable_collections
 from api.deps import StateDep
-from api.metrics import REQUESTS, observe
+from api.metrics import REQUESTS, observe, observe_answer
 from api.schemas import QueryRequest, QueryResponse
 from api.sources import source_dicts
 from api.state import AppState
@@ -53,6 +53,7 @@ async def query(body: QueryRequest, state: StateDep, caller: CallerDep) -> Query
         raise HTTPException(400, str(exc)) from exc
     sources = source_dicts(answer.sources)
     observe(answer.timings, sources)
+    observe_answer("query", answer)
     REQUESTS.labels("query", "ok").inc()
     return QueryResponse(answer=answer.text, answerable=bool(answer.sources), sources=sources, grounding=answer.grounding,
                          timings=answer.timings, language=answer.language)  # fmt: skip
@@ -73,6 +74,7 @@ async def _agent_answer(state: AppState, body: QueryRequest, caller: Caller) -> 
     assert final is not None
     sources = source_dicts(final.sources)
     observe(final.timings, sources)
+    observe_answer("query_agent", final)
     REQUESTS.labels("query_agent", "ok").inc()
     return QueryResponse(answer=final.text, answerable=True, sources=sources, grounding=final.grounding, timings=final.timings,
                          language=final.language, steps=[s.step() for s in final.steps])  # fmt: skip

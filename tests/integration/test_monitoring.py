@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.http_metrics import UNMATCHED, HTTPMetrics
 from api.main import create_app
 from api.metrics import REGISTRY as METRICS_REGISTRY
+from api.metrics import register_usage_collector
 from api.security import sign
 from api.state import AppState
 from assets.collections import CollectionSpec
@@ -110,7 +111,7 @@ def _queries() -> list[tuple[str, str]]:
     found = [(f"alerts.yml {rule.get('alert') or rule['record']}", str(rule["expr"])) for rule in _rules()]
     for name, board in _dashboards().items():
         for panel in board["panels"]:
-            for target in panel["targets"]:
+            for target in panel.get("targets", []):  # a row (a heading over panels) has none
                 expr = target["expr"]
                 for variable, value in GRAFANA_VARIABLES.items():
                     expr = expr.replace(variable, value)
@@ -240,6 +241,9 @@ def test_dashboards_are_grafana_models_on_the_provisioned_datasource() -> None:
         assert len({panel["id"] for panel in board["panels"]}) == len(board["panels"]), name
         for panel in board["panels"]:
             where = f"{name} panel {panel['id']}"
+            if panel["type"] == "row":  # a heading over the panels below it: no query of its own
+                assert panel["title"] and not panel.get("targets") and panel["gridPos"]["w"] == 24, where
+                continue
             assert panel["type"] in ("stat", "timeseries") and panel["title"], where
             assert set(panel["gridPos"]) == {"h", "w", "x", "y"} and panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24, where
             assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, where
@@ -329,6 +333,7 @@ def api(
                      roles=load_roles(PROJECT_ROOT / "roles.yaml"), audit_key=b"monitoring-test-audit-key-32byte")  # fmt: skip
     # The backup gauge reads kb_backups at each scrape; registered here as the platform does, removed at the end.
     backups = register_backup_collector(postgres_url) if register_backup_collector is not None else None
+    usage = register_usage_collector(postgres_url)  # active users, sessions, feedback votes: build_state registers it too
     app = create_app(state)
     if not any(m.cls is HTTPMetrics for m in app.user_middleware):  # until api/main.py adds it
         app.add_middleware(HTTPMetrics)
@@ -345,6 +350,8 @@ def api(
         thread.join(timeout=30)
         if backups is not None:
             METRICS_REGISTRY.unregister(backups)
+        METRICS_REGISTRY.unregister(usage)
+        usage.close()
         index.close()
         sessions.engine.dispose()
 

@@ -36,6 +36,7 @@ from kb.settings import (
 )
 from pipelines.retention import RetentionSettings, build_retention_defs
 from query_engine.engine import AnswerEngine
+from query_engine.feedback import FeedbackStore
 from query_engine.memory import SessionStore, migrate
 from query_engine.rerank import EvidenceReranker
 from tests.conftest import free_port
@@ -266,6 +267,10 @@ def test_a_users_erasure_removes_their_data_at_once_and_nobody_elses(
     assert store.archive_idle(RetentionSettings().policy(), datetime.now(UTC), run_id=None).ids == old
     add_tool_call(database, "erin", datetime.now(UTC))
     add_tool_call(database, "olga", datetime.now(UTC))
+    # A vote of erin's on an answer in olga's session (as an auditor could give): it goes with erin's data.
+    votes = FeedbackStore(store.engine)
+    olgas_answer = next(m["id"] for m in store.get(olgas)["messages"] if m["role"] == "assistant")
+    votes.give(olgas_answer, "erin", -1, "wrong retention")
 
     index = PgVectorIndex(database)
     engine = AnswerEngine(index, embedder, [], EvidenceReranker(), None)
@@ -279,13 +284,15 @@ def test_a_users_erasure_removes_their_data_at_once_and_nobody_elses(
             erased = client.delete("/v1/me/data", headers={"Authorization": f"Bearer {erin_key}"})
             assert erased.status_code == 200, erased.text
             report = erased.json()
-            assert report == {"user": "erin", "sessions": 2, "messages": len(KAFKA) + 1, "archived_sessions": 1, "tool_calls": 1,
-                              "session_tokens_revoked": 1, "api_keys_revoked": 0, "audit_seq": report["audit_seq"]}  # fmt: skip
+            assert report == {"user": "erin", "sessions": 2, "messages": len(KAFKA) + 1, "archived_sessions": 1,
+                              "tool_calls": 1, "feedback": 1, "session_tokens_revoked": 1, "api_keys_revoked": 0,
+                              "audit_seq": report["audit_seq"]}  # fmt: skip
             assert client.get(f"/v1/sessions/{erins}", headers={"Authorization": f"Bearer {olga_key}"}).status_code == 404
             assert client.get("/v1/sessions", headers={"Authorization": f"Bearer {erin_key}"}).json()["data"] == []
             assert client.get("/v1/auth/me", headers={"Authorization": f"Bearer {erin_login}"}).status_code == 401
             hers = client.get(f"/v1/sessions/{olgas}", headers={"Authorization": f"Bearer {olga_key}"})
             assert hers.status_code == 200 and len(hers.json()["messages"]) == len(KAFKA)
+            assert not votes.for_session(olgas)
             # Not an admin: another user's data is out of reach; the admin's erasure revokes API keys too.
             assert client.delete("/v1/admin/users/olga/data", headers={"Authorization": f"Bearer {erin_key}"}).status_code == 403
             by_admin = client.delete("/v1/admin/users/olga/data", headers={"Authorization": f"Bearer {admin_key}"})
