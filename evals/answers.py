@@ -261,6 +261,9 @@ def summarise(rows: Sequence[Row]) -> dict[str, Any]:
         # or grounding finding no statement a source supports).
         "refused_answerable_by_gate": round(sum(r.refused and not r.grounding for r in answerable) / n, 4),
         "refused_answerable_after_answering": round(sum(r.refused and bool(r.grounding) for r in answerable) / n, 4),
+        "refused_answerable_by_model": round(
+            sum(r.refused and bool(r.grounding.get("model_refused")) for r in answerable) / n, 4
+        ),
         "answers_with_grounding_report": _share(len(reported), len(stated)),
         **grounding,
         "judged_groundedness": _share(sum(j["supported"] for j in judged), sum(j["statements"] for j in judged)),

@@ -133,6 +133,7 @@ class GroundingReport:
     withheld_sentences: int = 0
     unsupported_identifiers: list[str] = field(default_factory=list)
     refused_after_grounding: bool = False  # nothing the model wrote was left to say
+    model_refused: bool = False  # the model itself wrote the not-found sentence (so grounding refused nothing it said)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -437,6 +438,7 @@ class GroundedStream:
         self._held = ""  # what came before that (or, with sources_only, before a supported statement)
         self._guessed = False  # with sources_only: a held statement that no source supports
         self._kind = NEUTRAL  # what the last grounded unit was
+        self._written = ""  # the model's text as it came
 
     def prepare(self) -> None:
         """Embed the sentences of the sources in another language than the answer's now (they are the ones
@@ -444,6 +446,7 @@ class GroundedStream:
         self.scorer.prepare(self.scorer.other_language(self.language))
 
     def feed(self, delta: str, final: bool = False) -> str:
+        self._written += delta
         units, self._buffer = split_units(self._buffer + delta, self._at_line_start, final)
         out: list[str] = []
         for unit in units:
@@ -453,6 +456,7 @@ class GroundedStream:
             self._at_line_start = unit.endswith("\n")
         self._emitted = (self._emitted + "".join(out))[-2:]  # where the note starts depends on how the text ends
         if final:
+            self.report.model_refused = any(phrase.rstrip(".。") in self._written for phrase in NOT_FOUND.values())
             out.append(self._note())
         return "".join(out)
 

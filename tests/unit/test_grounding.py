@@ -292,7 +292,9 @@ def test_with_sources_only_a_general_knowledge_answer_becomes_the_refusal(
         stream = GroundedStream(sources, [answer], language, encoder, sources_only=True)
         assert stream.feed(answer) == ""  # held back: not one word of the guess is sent
         assert stream.feed("", final=True) == NOT_FOUND[language]
-        assert stream.report.refused_after_grounding
+        assert stream.report.refused_after_grounding and not stream.report.model_refused
+    own = GroundedStream(sources, ["What is the capital of France?"], "en", encoder, sources_only=True)
+    assert own.feed(NOT_FOUND["en"], final=True) == NOT_FOUND["en"] and own.report.model_refused
 
 
 def test_with_sources_only_held_sentences_go_out_with_the_first_supported_one(
