@@ -75,7 +75,8 @@ def create_app(state: AppState | None = None) -> FastAPI:
     # reads what the request's bearer may read (MCPAuth below signs the request in).
     lazy = LazyKnowledgeBase(app)
     kb_mcp = build_kb_server(lazy, scope_for=lazy.for_request)
-    security = mcp_transport_security(state.api if state else APISettings())
+    # From the environment, like the state's own APISettings: the state may not be initialised yet at this point.
+    security = mcp_transport_security(APISettings())
     app.router.routes.extend(kb_mcp.streamable_http_app(streamable_http_path="/mcp", transport_security=security).routes)
     app.add_middleware(MCPAuth)
     # Outermost: counts every answer, the input guard's and the MCP sign-in's 4xx included.
