@@ -46,12 +46,17 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def restored_logging() -> Iterator[None]:
     """configure_logging changes process-wide loggers: put them back as they were."""
     names = ("", "uvicorn", "uvicorn.error", "uvicorn.access")
-    saved = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).propagate, logging.getLogger(n).level) for n in names}
+    saved = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).propagate, logging.getLogger(n).level,
+                 logging.getLogger(n).disabled) for n in names}  # fmt: skip
+    # As a fresh process has them: a uvicorn server started by an earlier test in this process leaves its levels.
+    for name in names[1:]:
+        logging.getLogger(name).setLevel(logging.NOTSET)
+        logging.getLogger(name).disabled = False
     yield
-    for name, (handlers, propagate, level) in saved.items():
+    for name, (handlers, propagate, level, disabled) in saved.items():
         logger = logging.getLogger(name)
         logger.handlers[:] = handlers
-        logger.propagate, logger.level = propagate, level
+        logger.propagate, logger.level, logger.disabled = propagate, level, disabled
 
 
 def _lines(stream: io.StringIO) -> list[dict[str, object]]:
