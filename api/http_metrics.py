@@ -7,12 +7,11 @@ routing) share one label. /metrics itself is not counted: Prometheus' own scrape
 
 from __future__ import annotations
 
-import time
-
 from prometheus_client import Counter, Histogram
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from api.metrics import REGISTRY
+from kb.observability import ResponseObserver
 
 UNMATCHED = "unmatched"
 EXCLUDED_ROUTES = frozenset({"/metrics"})
@@ -33,32 +32,12 @@ def route_template(scope: Scope) -> str:
     return path if isinstance(path, str) and path else UNMATCHED
 
 
-class HTTPMetrics:
-    """Counts and times each HTTP request; an exception before the response started counts as the 500 that
-    Starlette's outermost error middleware then sends."""
+class HTTPMetrics(ResponseObserver):
+    """Counts and times each HTTP request."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500
-        started = time.perf_counter()
-
-        async def send_and_note_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_note_status)
-        finally:
-            # The router writes the matched route into this same scope dict, so it is known only now.
-            route = route_template(scope)
-            if route not in EXCLUDED_ROUTES:
-                method = scope["method"] if scope["method"] in METHODS else "other"
-                HTTP_REQUESTS.labels(method, route, str(status)).inc()
-                HTTP_DURATION.labels(route).observe(time.perf_counter() - started)
+    def observe(self, scope: Scope, status: int, seconds: float) -> None:
+        route = route_template(scope)
+        if route not in EXCLUDED_ROUTES:
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            HTTP_REQUESTS.labels(method, route, str(status)).inc()
+            HTTP_DURATION.labels(route).observe(seconds)

@@ -219,19 +219,19 @@ def configure_logging(settings: ObservabilitySettings | None = None, stream: Tex
     return handler
 
 
-class AccessLog:
-    """Pure ASGI middleware: one `kb.access` line per HTTP request, after its response: method, path, route
-    template, status, duration, client; request id, user and trace come from the record's context."""
+class ResponseObserver:
+    """Pure ASGI middleware base: runs the app, then `observe(scope, status, seconds)` once the response is done
+    (the router has written the matched route into the scope by then). An exception before the response started
+    counts as the 500 that Starlette's outermost error middleware then sends."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.log = logging.getLogger(ACCESS_LOGGER)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500  # what Starlette's outermost error middleware sends when the app raised before answering
+        status = 500
         started = time.perf_counter()
 
         async def send_and_note_status(message: Message) -> None:
@@ -243,7 +243,22 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_and_note_status)
         finally:
-            self._line(scope, status, (time.perf_counter() - started) * 1000)
+            self.observe(scope, status, time.perf_counter() - started)
+
+    def observe(self, scope: Scope, status: int, seconds: float) -> None:
+        raise NotImplementedError
+
+
+class AccessLog(ResponseObserver):
+    """One `kb.access` line per HTTP request, after its response: method, path, route template, status, duration,
+    client; request id, user and trace come from the record's context."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        super().__init__(app)
+        self.log = logging.getLogger(ACCESS_LOGGER)
+
+    def observe(self, scope: Scope, status: int, seconds: float) -> None:
+        self._line(scope, status, seconds * 1000)
 
     def _line(self, scope: Scope, status: int, ms: float) -> None:
         path = str(scope.get("path", ""))

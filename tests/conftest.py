@@ -48,3 +48,32 @@ def sample_copy(tmp_path: Path) -> Path:
     target = tmp_path / "kb"
     shutil.copytree(SAMPLES, target)
     return target
+
+
+@pytest.fixture
+def database(postgres_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh database on the session's server, on the newest schema, named after the test module; dropped afterwards."""
+    import uuid
+
+    import psycopg
+
+    from query_engine.memory import migrate
+
+    name = f"{request.module.__name__.rsplit('.', 1)[-1].removeprefix('test_')}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    migrate(url)
+    yield url
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def store(database: str):  # type: ignore[no-untyped-def]
+    """A SessionStore on `database`."""
+    from query_engine.memory import SessionStore
+
+    sessions = SessionStore(database)
+    yield sessions
+    sessions.engine.dispose()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,7 +33,7 @@ from kb.access.roles import load_roles
 from kb.settings import PROJECT_ROOT, APISettings, AuthSettings, LLMSettings, PlatformSettings
 from query_engine.engine import Answer, AnswerEngine
 from query_engine.feedback import FeedbackStore
-from query_engine.memory import RetentionPolicy, SessionStore, migrate
+from query_engine.memory import RetentionPolicy, SessionStore
 from query_engine.rerank import EvidenceReranker
 from tests.conftest import free_port
 
@@ -50,19 +49,6 @@ SOURCES = [
     {"n": 1, "collection": "runbooks", "path": "kafka-lag.md", "section": "Scaling", "score": 0.81, "cited": True},
     {"n": 2, "collection": "incidents", "path": "2024-03-lag.md", "section": None, "score": 0.42, "cited": False},
 ]
-
-
-@pytest.fixture
-def database(postgres_url: str) -> Iterator[str]:
-    """A fresh database on the session's server, on the newest schema; dropped afterwards."""
-    name = f"feedback_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = postgres_url.rsplit("/", 1)[0] + f"/{name}"
-    migrate(url)
-    yield url
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 @dataclass

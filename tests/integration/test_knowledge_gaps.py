@@ -5,15 +5,12 @@ answer shows its comment masked; a weakly sourced answer is listed; a good answe
 question are not; the checks pass, and the coverage check fails on a report that lost a question."""
 
 import json
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import psycopg
-import pytest
 
 from kb.settings import PlatformSettings, PostgresSettings
 from pipelines.knowledge_gaps import (
@@ -23,7 +20,7 @@ from pipelines.knowledge_gaps import (
     knowledge_gaps,
     report_covers_every_question,
 )
-from query_engine.memory import SessionStore, migrate
+from query_engine.memory import SessionStore
 from query_engine.prompts import NOT_FOUND
 
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
@@ -47,26 +44,6 @@ ABSENT = {
     "deleted": "Where is the backup of the HSM master key kept?",
     "old": "How do I rotate the HSM master key in staging?",
 }
-
-
-@pytest.fixture
-def database(postgres_url: str) -> Iterator[str]:
-    """A fresh database on the session's server, on the newest schema; dropped afterwards."""
-    name = f"gaps_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = postgres_url.rsplit("/", 1)[0] + f"/{name}"
-    migrate(url)
-    yield url
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-
-
-@pytest.fixture
-def store(database: str) -> Iterator[SessionStore]:
-    sessions = SessionStore(database)
-    yield sessions
-    sessions.engine.dispose()
 
 
 def sources(found: list[tuple[str, float]]) -> list[dict[str, Any]]:

@@ -6,7 +6,6 @@ session's server, so its audit chain and sessions are its own."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,7 +36,7 @@ from kb.settings import (
 from pipelines.retention import RetentionSettings, build_retention_defs
 from query_engine.engine import AnswerEngine
 from query_engine.feedback import FeedbackStore
-from query_engine.memory import SessionStore, migrate
+from query_engine.memory import SessionStore
 from query_engine.rerank import EvidenceReranker
 from tests.conftest import free_port
 
@@ -49,26 +48,6 @@ KAFKA = [
     ("user", "The consumer group still lags after the rebalance."),
     ("assistant", "Reset the lagging consumer group's offsets with kafka-consumer-groups --reset-offsets [2]."),
 ]
-
-
-@pytest.fixture
-def database(postgres_url: str) -> Iterator[str]:
-    """A fresh database on the session's server, on the newest schema; dropped afterwards."""
-    name = f"retention_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = postgres_url.rsplit("/", 1)[0] + f"/{name}"
-    migrate(url)
-    yield url
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-
-
-@pytest.fixture
-def store(database: str) -> Iterator[SessionStore]:
-    sessions = SessionStore(database)
-    yield sessions
-    sessions.engine.dispose()
 
 
 def retention_defs(database: str, data_dir: Path, llm_url: str) -> dg.Definitions:
