@@ -14,7 +14,7 @@ from assets.embed import UniversalSentenceEncoder
 from assets.mask import mask_secrets
 from kb.settings import PROJECT_ROOT
 from query_engine.engine import Answer, AnswerEngine, Delta, LLMUnavailable, Retrieval, SourceRef
-from query_engine.grounding import SUPPORT_THRESHOLD, GroundedStream, identifiers, support
+from query_engine.grounding import GUESS_THRESHOLD, SUPPORT_THRESHOLD, GroundedStream, identifiers, support
 from query_engine.prompts import NOT_FOUND
 
 DOCS = PROJECT_ROOT / "examples" / "knowledge_base"
@@ -312,3 +312,23 @@ def test_with_sources_only_a_short_answer_nothing_contradicts_is_kept(sources: l
     stream = GroundedStream(sources, ["How long does Patroni take to promote a replica?"], "en", sources_only=True)
     assert stream.feed("30 seconds.", final=True) == "30 seconds."
     assert not stream.report.refused_after_grounding
+
+
+def test_with_sources_only_a_paraphrase_across_languages_is_said_without_a_marker_not_refused(
+    sources: list[SourceRef], encoder: UniversalSentenceEncoder
+) -> None:
+    # A Russian restatement of the English runbook that the encoder places near it, below the citation threshold:
+    # the correct cross-lingual answers that grounding used to turn into refusals.
+    paraphrase = "При сбое основной базы данных Patroni сам назначает новую ведущую реплику [1]."
+    assert GUESS_THRESHOLD <= support(paraphrase, sources[0].text, encoder) < SUPPORT_THRESHOLD
+    stream = GroundedStream(sources, ["Что происходит при сбое основной базы?"], "ru", encoder, sources_only=True)
+    text = stream.feed(paraphrase, final=True)
+    assert text == paraphrase.replace(" [1]", "") and not stream.report.refused_after_grounding
+    guess = GroundedStream(sources, ["Что делать?"], "ru", encoder, sources_only=True)
+    assert guess.feed("Лучше всего перезагрузить сервер и подождать.", final=True) == NOT_FOUND["ru"]
+
+
+def test_a_bare_number_with_its_citation_is_an_answer_not_a_list_marker(sources: list[SourceRef]) -> None:
+    stream = GroundedStream(sources, ["Within how many seconds does Patroni promote a replica?"], "en", sources_only=True)
+    assert stream.feed("30.[1]", final=True) == "30.[1]"
+    assert not stream.report.refused_after_grounding and stream.report.cited_sentences == 1
