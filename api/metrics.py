@@ -93,17 +93,59 @@ class BackupCollector(Collector):
         yield GaugeMetricFamily(self.NAME, self.HELP, value=value)
 
 
-_backup_collectors: dict[CollectorRegistry, BackupCollector] = {}
+class QuarantineCollector(Collector):
+    """`kb_quarantined_documents{collection,reason}`, read from kb_quarantine at scrape time (ingestion runs in Dagster's
+    processes, so the API learns of quarantined documents only from the database); `reason` is the short kind code
+    (oversize, invalid_encoding, parse_timeout, unmasked_secret, outside_source, ...). Not exported while the database
+    is down."""
+
+    NAME = "kb_quarantined_documents"
+    HELP = "Documents left out of the index, by collection and reason; they are tried again on every run."
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+
+    def describe(self) -> list[Metric]:
+        return [GaugeMetricFamily(self.NAME, self.HELP, labels=["collection", "reason"])]
+
+    def collect(self) -> Iterator[Metric]:
+        from kb.quarantine import counts
+
+        try:
+            found = counts(self.database_url)
+        except psycopg.Error as error:
+            log.warning("kb_quarantined_documents not exported: %s", type(error).__name__)
+            return
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=["collection", "reason"])
+        for (collection, reason), value in sorted(found.items()):
+            family.add_metric([collection, reason], value)
+        yield family
+
+
+_database_collectors: dict[tuple[CollectorRegistry, type[Collector]], Collector] = {}
+
+
+def _register_once(collector: Collector, registry: CollectorRegistry) -> None:
+    """Register `collector`, replacing an earlier one of its class on this registry."""
+    earlier = _database_collectors.pop((registry, type(collector)), None)
+    if earlier is not None:
+        with contextlib.suppress(KeyError):
+            registry.unregister(earlier)
+    _database_collectors[(registry, type(collector))] = collector
+    registry.register(collector)
 
 
 def register_backup_collector(database_url: str, registry: CollectorRegistry = REGISTRY) -> BackupCollector:
     """Export the last backup's time on /metrics; calling it again replaces the earlier collector."""
-    earlier = _backup_collectors.pop(registry, None)
-    if earlier is not None:
-        with contextlib.suppress(KeyError):
-            registry.unregister(earlier)
-    collector = _backup_collectors[registry] = BackupCollector(database_url)
-    registry.register(collector)
+    collector = BackupCollector(database_url)
+    _register_once(collector, registry)
+    return collector
+
+
+def register_quarantine_collector(database_url: str, registry: CollectorRegistry = REGISTRY) -> QuarantineCollector:
+    """Export the quarantined documents on /metrics; calling it again replaces the earlier collector."""
+    collector = QuarantineCollector(database_url)
+    _register_once(collector, registry)
     return collector
 
 

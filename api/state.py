@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 from llama_index.core.llms import LLM
 
-from api.metrics import register_backup_collector, register_usage_collector
+from api.metrics import register_backup_collector, register_quarantine_collector, register_usage_collector
 from assets.collections import CollectionSpec, load_specs
 from assets.index import PgVectorIndex, QdrantIndex, VectorIndex
 from connectors.config import OURS, ConnectorsConfig, load_connectors
@@ -175,6 +175,7 @@ def build_state() -> AppState:
     migrate(url)
     register_backup_collector(url)  # kb_backup_last_success_timestamp on /metrics
     register_usage_collector(url)  # active users, sessions, messages per session, feedback votes
+    register_quarantine_collector(url)  # kb_quarantined_documents{collection,reason}
     index: VectorIndex = (
         QdrantIndex(url=index_settings.qdrant_url, path=index_settings.qdrant_path, api_key=index_settings.qdrant_api_key)
         if index_settings.backend == "qdrant"

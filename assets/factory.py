@@ -42,6 +42,12 @@ def _result(
     )
 
 
+def _quarantine_metadata(quarantined: list[stages.Quarantined]) -> dict[str, object]:
+    """What a stage left out, as asset metadata: how many and which, with the reason."""
+    listed = [{"doc_id": q.doc_id, "kind": q.kind, "reason": q.reason} for q in quarantined]
+    return {"quarantined": len(quarantined), "quarantine": dg.MetadataValue.json(listed[:200])}
+
+
 def build_collection_defs(spec: CollectionSpec) -> dg.Definitions:
     """The asset group of one collection: raw → parsed → masked → chunks → embeddings → index."""
     c = spec.name
@@ -85,63 +91,65 @@ def build_collection_defs(spec: CollectionSpec) -> dg.Definitions:
         description=f"{c}: documents parsed with unstructured or on their code/YAML structure; failures quarantined.",
     )
     def parsed_documents(raw: stages.ExtractResult, storage: StorageResource):  # type: ignore[no-untyped-def]
-        result = stages.parse(raw, spec)
-        folder = storage.record_quarantine(c, result.quarantined, [d.doc_id for d in result.documents])
-        quarantined = [{"doc_id": q.doc_id, "reason": q.reason} for q in result.quarantined]
-        yield dg.Output(
-            result,
-            metadata={
-                "parsed": len(result.documents),
-                "quarantined": len(quarantined),
-                "quarantine": dg.MetadataValue.json(quarantined),
-                "quarantine_dir": dg.MetadataValue.path(str(folder)),
-            },
-        )
+        result = stages.parse(raw, spec, storage.parse_budget)
+        yield dg.Output(result, metadata={"parsed": len(result.documents), **_quarantine_metadata(result.quarantined)})
         yield _result("non_empty_text", checks.check_parsed_text(result.documents))
 
     @dg.asset(
         key=key("masked_documents"),
         group_name=c,
         ins={"parsed": dg.AssetIn(key("parsed_documents"))},
-        check_specs=[_check(c, "masked_documents", "no_unmasked_secrets", "No secret pattern survives masking.")],
+        check_specs=[
+            _check(
+                c,
+                "masked_documents",
+                "no_unmasked_secrets",
+                "Documents whose masked text still held a secret pattern: quarantined, the rest go on.",
+                blocking=False,
+            )
+        ],  # fmt: skip
         description=f"{c}: passwords, tokens, keys, card numbers, SSNs and phone numbers masked.",
     )
     def masked_documents(parsed: stages.ParseResult):  # type: ignore[no-untyped-def]
-        documents, counts = stages.mask(parsed.documents)
+        result = stages.mask(parsed.documents)
         yield dg.Output(
-            documents,
+            result,
             metadata={
-                "documents": len(documents),
-                "masked": sum(counts.values()),
-                "masked_by_kind": dg.MetadataValue.json(counts),
+                "documents": len(result.documents),
+                "masked": sum(result.counts.values()),
+                "masked_by_kind": dg.MetadataValue.json(result.counts),
+                **_quarantine_metadata(result.quarantined),
             },
         )
-        yield _result("no_unmasked_secrets", checks.check_no_secrets(documents))
+        left = [q for q in result.quarantined if q.kind == "unmasked_secret"]
+        outcome = checks.CheckOutcome(not left, {"quarantined": [{"doc_id": q.doc_id, "reason": q.reason} for q in left]})
+        yield _result("no_unmasked_secrets", outcome, dg.AssetCheckSeverity.WARN)
 
     @dg.asset(
         key=key("chunks"),
         group_name=c,
-        ins={"documents": dg.AssetIn(key("masked_documents"))},
+        ins={"masked": dg.AssetIn(key("masked_documents"))},
         check_specs=[
             _check(c, "chunks", "chunk_bounds", f"Chunks non-empty, unique, at most {spec.chunk_tokens} tokens."),
             _check(c, "chunks", "duplicate_chunks", "Identical chunk texts across documents.", blocking=False),
         ],
         description=f"{c}: {spec.chunk_tokens}-token chunks, {spec.chunk_overlap} overlap, metadata {', '.join(spec.metadata)}.",
     )
-    def chunks(documents: list, embedder: EmbedderResource):  # type: ignore[no-untyped-def,type-arg]
+    def chunks(masked: stages.MaskResult, embedder: EmbedderResource):  # type: ignore[no-untyped-def]
         chunker = Chunker(spec, embedder.get())
-        result = stages.chunk(documents, chunker)
-        tokens = [ch.token_count for ch in result]
+        result = stages.chunk(masked.documents, chunker)
+        tokens = [ch.token_count for ch in result.chunks]
         yield dg.Output(
             result,
             metadata={
-                "chunks": len(result),
+                "chunks": len(result.chunks),
                 "max_tokens": max(tokens, default=0),
                 "mean_tokens": round(sum(tokens) / len(tokens), 1) if tokens else 0,
+                **_quarantine_metadata(result.quarantined),
             },
         )
-        yield _result("chunk_bounds", checks.check_chunks(result, spec.chunk_tokens))
-        yield _result("duplicate_chunks", checks.check_duplicates(result), dg.AssetCheckSeverity.WARN)
+        yield _result("chunk_bounds", checks.check_chunks(result.chunks, spec.chunk_tokens))
+        yield _result("duplicate_chunks", checks.check_duplicates(result.chunks), dg.AssetCheckSeverity.WARN)
 
     @dg.asset(
         key=key("embeddings"),
@@ -150,10 +158,10 @@ def build_collection_defs(spec: CollectionSpec) -> dg.Definitions:
         check_specs=[_check(c, "embeddings", "vector_quality", "Model dimension, no NaN, unit norm.")],
         description=f"{c}: dense vectors (FlagEmbedding, batched); unchanged chunk texts reuse stored vectors.",
     )
-    def embeddings(chunks: list, embedder: EmbedderResource, index: IndexResource):  # type: ignore[no-untyped-def,type-arg]
+    def embeddings(chunks: stages.ChunkResult, embedder: EmbedderResource, index: IndexResource):  # type: ignore[no-untyped-def]
         model = embedder.get()
         started = time.perf_counter()
-        result = stages.embed(chunks, model, index.get(), c)
+        result = stages.embed(chunks.chunks, model, index.get(), c)
         seconds = time.perf_counter() - started
         yield dg.Output(
             result,
@@ -162,6 +170,7 @@ def build_collection_defs(spec: CollectionSpec) -> dg.Definitions:
                 "reused": result.reused,
                 "seconds": round(seconds, 2),
                 "model": model.model_id,
+                **_quarantine_metadata(result.quarantined),
             },
         )
         yield _result("vector_quality", checks.check_embeddings(result.vectors, model.dimension))
@@ -172,19 +181,36 @@ def build_collection_defs(spec: CollectionSpec) -> dg.Definitions:
         ins={
             "raw": dg.AssetIn(key("raw_documents")),
             "parsed": dg.AssetIn(key("parsed_documents")),
+            "masked": dg.AssetIn(key("masked_documents")),
+            "chunked": dg.AssetIn(key("chunks")),
             "embedded": dg.AssetIn(key("embeddings")),
         },
-        description=f"{c}: dense + BM25 sparse vectors in the index; deleted documents removed.",
+        check_specs=[
+            _check(
+                c,
+                "index",
+                "quarantine",
+                "Documents left out of the index (any stage), with the reason; they keep "
+                "what the index held of them and are tried again on every run.",
+                blocking=False,
+            )
+        ],  # fmt: skip
+        description=f"{c}: dense + BM25 sparse vectors in the index; deleted documents removed; quarantine recorded.",
     )
-    def index(
+    def index(  # type: ignore[no-untyped-def]
         raw: stages.ExtractResult,
         parsed: stages.ParseResult,
+        masked: stages.MaskResult,
+        chunked: stages.ChunkResult,
         embedded: stages.EmbedResult,
         index: IndexResource,
         embedder: EmbedderResource,
-    ) -> dg.Output[stages.IndexReport]:
-        report = stages.write_index(raw, parsed, embedded, index.get(), spec, embedder.get().dimension)
-        return dg.Output(
+        storage: StorageResource,
+    ):
+        left_out = stages.all_quarantined(parsed.quarantined, masked.quarantined, chunked.quarantined, embedded.quarantined)
+        report = stages.write_index(raw, parsed, embedded, index.get(), spec, embedder.get().dimension, left_out)
+        records = storage.record_quarantine(c, raw, parsed, report.quarantined)
+        yield dg.Output(
             report,
             metadata={
                 "documents": report.documents,
@@ -194,9 +220,12 @@ def build_collection_defs(spec: CollectionSpec) -> dg.Definitions:
                 "deleted": report.deleted,
                 "upserted": report.upserted,
                 "removed_chunks": report.removed_chunks,
-                "quarantined": len(report.quarantined),
+                **_quarantine_metadata(report.quarantined),
             },
         )
+        listed = [r.as_dict() for r in records]
+        outcome = checks.CheckOutcome(not records, {"quarantined": len(records), "documents": listed[:200]})
+        yield _result("quarantine", outcome, dg.AssetCheckSeverity.WARN)
 
     job = dg.define_asset_job(job_name(c), selection=dg.AssetSelection.groups(c), description=f"Reindex {c}.")
     schedules = (

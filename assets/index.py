@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -25,6 +26,15 @@ Filters = Mapping[str, str | Sequence[str]]
 Groups = Sequence[str] | None
 _SAFE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 BULK_LOAD_ROWS = 2000
+# How often one statement or write is tried when the connection breaks under it (PostgreSQL restarted or failed
+# over), and the pause before the first retry (doubled each time): a fast restart takes a few seconds.
+RECONNECT_ATTEMPTS = 4
+RECONNECT_PAUSE_S = 0.5
+# How often a backend checks that its client is still there while it runs a statement or waits for a lock: the
+# backend of a run worker killed with -9 ends within this, instead of finishing (and holding the locks of) a long
+# write first. Linux, macOS and the BSDs support it; elsewhere the server refuses it and backends keep the default.
+CLIENT_CHECK_INTERVAL = "2s"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -164,9 +174,17 @@ class PgVectorIndex(VectorIndex):
         from psycopg_pool import ConnectionPool
 
         # A pool, not one shared connection: API requests run in threads, and a single connection would
-        # serialize their searches (and the sparse search that runs while the query is embedded).
+        # serialize their searches (and the sparse search that runs while the query is embedded). Every
+        # connection is checked (one empty round trip) when it leaves the pool: after a PostgreSQL restart the
+        # idle ones are dead, and without the check each of them would fail one request or ingestion step.
         self._pool = ConnectionPool(
-            url, min_size=1, max_size=max_connections, kwargs={"autocommit": True}, configure=self._configure, open=True
+            url,
+            min_size=1,
+            max_size=max_connections,
+            kwargs={"autocommit": True},
+            configure=self._configure,
+            check=ConnectionPool.check_connection,
+            open=True,
         )
         self._pool.wait()  # an unreachable database fails here, not at the first query
 
@@ -181,12 +199,45 @@ class PgVectorIndex(VectorIndex):
         conn.execute("SET hnsw.ef_search = 200")
         conn.execute("SET hnsw.iterative_scan = relaxed_order")
         conn.execute("SET maintenance_work_mem = '256MB'")
+        from psycopg import errors
+
+        try:
+            conn.execute(f"SET client_connection_check_interval = '{CLIENT_CHECK_INTERVAL}'")
+        except (errors.InvalidParameterValue, errors.UndefinedObject):  # no kernel support, or PostgreSQL < 14
+            pass
+
+    def _on_connection(self, work: Callable[[Any], T]) -> T:
+        """`work` on a pooled connection; run again on a fresh one when the connection breaks under it (the server
+        restarted, crashed or failed over), so a restart in the middle of an ingestion run or under API traffic
+        costs a pause, not a failed run. Every caller's work may run twice: reads, DDL with IF NOT EXISTS, and
+        `write`, one transaction of upserts and deletes by id that committed whole or not at all (a connection
+        lost during COMMIT leaves which of the two unknown; writing the same points again gives the same index).
+        An error of the statement itself (a full disk, a constraint) is raised at once."""
+        import psycopg
+        from psycopg import errors
+
+        pause = RECONNECT_PAUSE_S
+        for attempt in range(1, RECONNECT_ATTEMPTS + 1):
+            conn = None
+            try:
+                with self._pool.connection() as conn:
+                    return work(conn)
+            except psycopg.OperationalError as exc:
+                lost = conn is not None and (conn.broken or isinstance(exc, errors.AdminShutdown | errors.CrashShutdown))
+                if not lost or attempt == RECONNECT_ATTEMPTS:
+                    raise
+            time.sleep(pause)  # the pool reconnects meanwhile; its getconn waits up to 30 s for the server
+            pause *= 2
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     def _rows(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         """One statement on a pooled connection; its rows (none for statements without a result)."""
-        with self._pool.connection() as conn:
+
+        def run(conn: Any) -> list[tuple[Any, ...]]:
             cursor = conn.execute(sql, params)
             return cursor.fetchall() if cursor.description else []
+
+        return self._on_connection(run)
 
     @staticmethod
     def _table(collection: str) -> str:
@@ -199,8 +250,11 @@ class PgVectorIndex(VectorIndex):
         return f"{PgVectorIndex._table(collection)}_df"
 
     def ensure_collection(self, collection: str, dimension: int) -> None:
+        self._on_connection(lambda conn: self._ensure_collection(conn, collection, dimension))
+
+    def _ensure_collection(self, conn: Any, collection: str, dimension: int) -> None:
         t, df = self._table(collection), self._df_table(collection)
-        with self._pool.connection() as conn, conn.transaction():
+        with conn.transaction():
             stored = conn.execute(
                 "SELECT atttypmod FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = 'embedding'", (t,)
             ).fetchone()
@@ -252,12 +306,20 @@ class PgVectorIndex(VectorIndex):
         return {h: np.asarray(v.to_numpy(), dtype=np.float32) for h, v in rows}
 
     def write(self, collection: str, upserts: Sequence[IndexPoint], delete_ids: Sequence[str]) -> None:
+        self._on_connection(lambda conn: self._write(conn, collection, upserts, delete_ids))
+
+    def _write(self, conn: Any, collection: str, upserts: Sequence[IndexPoint], delete_ids: Sequence[str]) -> None:
         from pgvector import SparseVector as PgSparse
         from psycopg.types.json import Jsonb
 
         t, df = self._table(collection), self._df_table(collection)
         columns = "id, doc_id, doc_hash, chunk_no, chunk_hash, text, metadata, embedding, sparse, terms"
-        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        with conn.transaction(), conn.cursor() as cur:
+            # One writer per collection at a time (two runs of it at once: a webhook run next to the schedule, or
+            # several run pods): the document frequencies below are read and updated relative to the rows, which
+            # would drift if two writes interleaved. A transaction lock: a writer that dies drops it with its
+            # transaction, so nothing is left to clean up.
+            cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"kb-index:{t}",))
             cur.execute(f"CREATE TEMP TABLE kb_staging (LIKE {t} INCLUDING DEFAULTS) ON COMMIT DROP")
             with cur.copy(f"COPY kb_staging ({columns}) FROM STDIN") as copy:
                 for p in upserts:

@@ -14,12 +14,17 @@ In this order on each text:
    MOD 11-2), cards (Luhn), Russian INN and SNILS, Russian passport, US SSN, phones (Russian, Chinese,
    international, US), personal e-mail addresses.
 
+Every pattern runs in time linear in the text: none scans far from a start and then fails, where text
+made of starts would cost the square of its length (detect-secrets' patterns that do are rewritten).
+Masking is idempotent: masked text masks to itself and holds nothing to find (see `mask_secrets`).
+
 Not masked on purpose: IP addresses, UUIDs, commit hashes, digests, versions, dates and timestamps are
 identifiers operators search for; role mailboxes and documentation addresses reach no person.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -43,7 +48,6 @@ from detect_secrets.plugins.ibm_cloud_iam import IbmCloudIamDetector
 from detect_secrets.plugins.ibm_cos_hmac import IbmCosHmacDetector
 from detect_secrets.plugins.jwt import JwtTokenDetector
 from detect_secrets.plugins.keyword import DENYLIST as KEYWORD_DENYLIST
-from detect_secrets.plugins.keyword import QUOTES_REQUIRED_DENYLIST_REGEX_TO_GROUP
 from detect_secrets.plugins.mailchimp import MailchimpDetector
 from detect_secrets.plugins.npm import NpmDetector
 from detect_secrets.plugins.openai import OpenAIDetector
@@ -178,10 +182,26 @@ def _placeholder(value: str) -> bool:
     return bool(_NOT_A_VALUE.fullmatch(value) or not re.search(r"[^\W_]", value) or _TEMPLATE.search(value))
 
 
+_IDENTIFIER_RUN = re.compile(r"[\w.-]*")
+# A word (or a placeholder that stood for one on an earlier pass) right after a value: the value is prose.
+_NEXT_WORD = re.compile(r" (?:[^\W\d_]|\[MASKED:)")
+
+
 def _key_before(text: str, start: int) -> str:
-    """The identifier that ends at `start` (`DB_PASSWORD` for the match `PASSWORD=…`)."""
-    head = re.search(r"[\w.-]*$", text[max(0, start - 64) : start])
-    return head.group(0) if head else ""
+    """The identifier that ends at `start` (`DB_PASSWORD` for the match `PASSWORD=…`), 64 characters at most:
+    read backwards, one step a character (a search for a run that ends the window tries every start in it)."""
+    window = text[max(0, start - 64) : start]
+    head = _IDENTIFIER_RUN.match(window[::-1])
+    return window[len(window) - head.end() :] if head else ""
+
+
+def _char_before(text: str, end: int) -> str:
+    """The last character before `end` that is not white space: walked back, where `text[:end].rstrip()`
+    would copy the whole line for every match on it."""
+    i = end - 1
+    while i >= 0 and text[i].isspace():
+        i -= 1
+    return text[i] if i >= 0 else ""
 
 
 def _credential_ok(match: re.Match[str]) -> bool:
@@ -193,7 +213,7 @@ def _credential_ok(match: re.Match[str]) -> bool:
         return False
     if quote:
         return True
-    if _PROSE_WORD.fullmatch(value) and re.match(r" [^\W\d_]", text[match.end() : match.end() + 2]):
+    if _PROSE_WORD.fullmatch(value) and _NEXT_WORD.match(text, match.end()):
         return False  # "Password: must be 12 characters" is a sentence, not an assignment
     if "=" in sep and (_CALL_OR_INDEX.match(value) or _REFERENCE_ROOT.match(value)):
         return False
@@ -207,11 +227,15 @@ def _credential_ok(match: re.Match[str]) -> bool:
 _TYPE_NAME = re.compile(r"(?:[A-Z][a-z]+)+|str|int|float|bytes|bool|dict|list|tuple|set|object|any")
 
 
+# What a variable or constant passed along looks like: snake_case, CONSTANT_CASE, or a name without digits.
+_CODE_NAME = re.compile(r"[a-z_][a-z0-9_.]*|[A-Z_][A-Z0-9_.]*|[A-Za-z_.]+")
+
+
 def _code_reference(text: str, key_start: int, sep: str, value: str, end: int) -> bool:
     """An identifier after a secret's name in code: a keyword argument (`connect(passwd=PASSWORD)`), a dict
     entry (`{"token": token}`: JSON and YAML would not quote the key alone) or a type (`token: Token | None`)."""
-    if "=" in sep and text[:key_start].rstrip()[-1:] in ("(", ","):
-        return True
+    if "=" in sep and _char_before(text, key_start) in ("(", ",") and _CODE_NAME.fullmatch(value):
+        return True  # `user=admin, password=S3cr3tPa55` is a list of assignments: mixed case and digits name no variable
     if sep[:1] in ("'", '"'):
         return True
     return bool(":" in sep and _TYPE_NAME.fullmatch(value) and re.match(r"\s*(?:[\[\]),|]|=[^=])", text[end : end + 3]))
@@ -307,8 +331,12 @@ class Rule:
 _A = re.ASCII  # \b and \w by ASCII: a token right after a Chinese character still starts a word
 # Numeric patterns put their lookbehind after the first character (`\d(?<![\d-]\d)…`): Python's re then
 # jumps between digits instead of testing the lookbehind at every position, several times faster.
-_NOT_ALNUM_BEFORE = r"(?<![A-Za-z0-9])"
-_NOT_ALNUM_AFTER = r"(?![A-Za-z0-9])"
+# A placeholder's brackets count as letters at a token's edge: `…x[MASKED:api-key]` stands for `…xAIza…`, and a
+# token glued to it was glued to the secret before (`AIza…xoxb-…`). Read as a boundary, each pass would peel
+# one more token off a glued run.
+_NOT_ALNUM_BEFORE = r"(?<![A-Za-z0-9\]])"
+_NOT_ALNUM_AFTER = r"(?![A-Za-z0-9\[])"
+_WORD_START = r"(?<![\w\]])"  # `\b` before a word character, a placeholder's `]` counted as one
 _LETTER_BEFORE = r"(?<![A-Za-zА-Яа-яЁё])"
 _LETTER_AFTER = r"(?![A-Za-zА-Яа-яЁё])"
 
@@ -316,13 +344,17 @@ _KEY_GAP = r"(?:\\[nr]|[\s\"'+,])"  # between the lines of a key: newlines, esca
 _PRIVATE_KEY = Rule(
     "private-key",
     # The header, then the body (at least one base64 line: a header named in prose is no key), then the END
-    # line when there is one: a key cut off by a chunk or a capped log goes through its last base64 line.
+    # line when there is one: a key cut off by a chunk or a capped log goes through its last base64 line
+    # (a short one only when padded: `payment` after a cut-off key is a word).
     re.compile(
         rf"-{{4,5}} ?BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?) ?-{{4,5}}"
         rf"(?:{_KEY_GAP}+(?:[A-Za-z0-9+/=]{{16,}}|[A-Z][A-Za-z-]+: [^\n\\\"]*))+"
-        rf"(?:{_KEY_GAP}+[A-Za-z0-9+/=]{{1,15}}(?={_KEY_GAP}*-{{4,5}} ?END))?"
+        # A short last line: before the END line, or, when the key was cut off, padded as base64 ends.
+        rf"(?:{_KEY_GAP}+(?:[A-Za-z0-9+/=]{{1,15}}(?={_KEY_GAP}*-{{4,5}} ?END)|[A-Za-z0-9+/]{{1,14}}={{1,2}}(?![A-Za-z0-9+/=])))?"
         rf"(?:{_KEY_GAP}*-{{4,5}} ?END \1 ?-{{4,5}})?"
-        r"|PuTTY-User-Key-File-\d: .*?Private-MAC: \w+",
+        # PuTTY's MAC line closes the key; it is looked for only up to the next key's header, so text full of
+        # headers and no MAC is scanned once, not once per header.
+        r"|PuTTY-User-Key-File-\d: (?:(?!PuTTY-User-Key-File-).){0,65536}?Private-MAC: \w+",
         re.S,
     ),
     # detect-secrets' headers, and any "… PRIVATE KEY" (PKCS#8 "ENCRYPTED PRIVATE KEY" is not in its list).
@@ -330,7 +362,8 @@ _PRIVATE_KEY = Rule(
 )
 
 TOKEN_RULES: tuple[Rule, ...] = (
-    Rule("jwt", re.compile(r"\beyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]{8,}", _A), needles=("eyj",)),
+    # The header stops at a `-eyJ` that starts another candidate: each stretch of text is scanned by one start.
+    Rule("jwt", re.compile(_WORD_START + r"eyJ(?:\w|-(?!eyJ)){8,}+\.[\w-]{8,}+\.[\w-]{8,}+", _A), needles=("eyj",)),
     Rule(
         "aws-access-key",
         re.compile(rf"{_NOT_ALNUM_BEFORE}(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[0-9A-Z]{{16}}{_NOT_ALNUM_AFTER}"),
@@ -351,8 +384,10 @@ TOKEN_RULES: tuple[Rule, ...] = (
         re.compile(rf"{_NOT_ALNUM_BEFORE}(?:gh[pousr]_[A-Za-z0-9]{{30,}}|github_pat_[A-Za-z0-9_]{{40,}})"),
         needles=("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
     ),
-    Rule("gitlab-token", re.compile(r"\bgl(?:pat|dt|rt|ptt|ft|soat|cbt|imt|agent|oas)-[\w-]{20,}", _A), needles=("gl",)),
-    Rule("slack-token", re.compile(r"\bxox[aboprse]-[A-Za-z0-9-]{10,}", _A), needles=("xox",)),
+    Rule(
+        "gitlab-token", re.compile(_WORD_START + r"gl(?:pat|dt|rt|ptt|ft|soat|cbt|imt|agent|oas)-[\w-]{20,}", _A), needles=("gl",)
+    ),
+    Rule("slack-token", re.compile(_WORD_START + r"xox[aboprse]-[A-Za-z0-9-]{10,}", _A), needles=("xox",)),
     Rule(
         "api-key",
         re.compile(
@@ -370,7 +405,9 @@ TOKEN_RULES: tuple[Rule, ...] = (
         group=1,
         needles=("basic",),
     ),
-    Rule("url-password", re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s:/@]+:([^\s@/]+)@", _A), group=1, needles=("://",)),
+    # A scheme is short (RFC 3986 allows any length; none registered is over 32): `a.a.a…://` is not scanned from
+    # every dot.
+    Rule("url-password", re.compile(r"\b[a-z][a-z0-9+.-]{0,31}://[^\s:/@]+:([^\s@/]+)@", _A), group=1, needles=("://",)),
     Rule(
         "url-password",
         re.compile(r"(?<!\S)(?:-u|--user)\s+[\"']?[^\s:\"'$]+:([^\s\"']+)"),
@@ -396,9 +433,11 @@ CREDENTIAL_RULES: tuple[Rule, ...] = (
     Rule(
         "credential",
         re.compile(
-            rf"(?i)(?P<key>{_KEY_WORDS})(?P<sep>[\"']?[ \t]*[:=：][ \t]*)(?P<quote>[\"']?)(?!\[MASKED:)"
-            # `&` ends a value only where a query parameter follows (`?password=…&next=…`).
-            rf"(?P<value>(?:[^\s\"'`,;&)\]}}{_CJK}]|&(?![\w.%-]+=)){{3,}})"
+            # A quote may come escaped: `"cmd": "password = \\"…\\""` in JSON.
+            rf"(?i)(?P<key>{_KEY_WORDS})(?P<sep>[\"']?[ \t]*[:=：][ \t]*)(?P<quote>\\?[\"']|)(?!\[MASKED:)"
+            # `&` ends a value only where a query parameter follows (`?password=…&next=…`), a backslash only
+            # where it escapes the closing quote.
+            rf"(?P<value>(?:[^\s\"'`,;&)\]}}\\{_CJK}]|&(?![\w.%-]+=)|\\(?![\"'])){{3,}})"
         ),
         group="value",
         needles=_KEY_NEEDLES,
@@ -504,7 +543,8 @@ PII_RULES: tuple[Rule, ...] = (
     Rule(
         "email",
         re.compile(
-            r"(?<![A-Za-z0-9._%+-])(?P<local>[A-Za-z0-9][A-Za-z0-9._%+-]*)@"
+            # RFC 5321 caps the local part at 64 characters: the role-mailbox test on it stays short.
+            r"(?<![A-Za-z0-9._%+-])(?P<local>[A-Za-z0-9][A-Za-z0-9._%+-]{0,63})@"
             r"(?P<domain>[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})(?![A-Za-z0-9-])"
         ),
         needles=("@",),
@@ -519,6 +559,31 @@ RULES: tuple[Rule, ...] = (_PRIVATE_KEY, *TOKEN_RULES, *CREDENTIAL_RULES, *PII_R
 # detect-secrets: its regex plugins, each with the kind it masks as.
 
 
+# Where detect-secrets' own patterns scan far from a start and then fail, text made of starts (`eyJeyJ…`,
+# `sk-sk-…`, `//…//`, a key name and a run of spaces) costs the square of its length. These find the same
+# tokens scanning each stretch once: a start only where a token may begin (not inside a word, as
+# `_plugin_spans` requires anyway), a header that stops at the next start, possessive runs, one way to
+# read a run of spaces instead of every split of it between ` *`, ` +` and ` *`.
+_ASSIGNMENT_GAP = "(?: *)(?:=|:|:=|=>| +|::)(?: *)"
+_LINEAR_ASSIGNMENT_GAP = "(?: *+(?:=|:|:=|=>|::) *+| ++)"
+_LINEAR_PATTERNS: dict[type[RegexBasedDetector], list[re.Pattern[str]]] = {
+    JwtTokenDetector: [re.compile(r"(?<![A-Za-z0-9])eyJ(?:[A-Za-z0-9]|[_=-](?!eyJ))++\.[A-Za-z0-9_=-]++\.?")],
+    # The 20 characters before `T3BlbkFJ` checked behind it: one test per character, not twenty.
+    OpenAIDetector: [
+        re.compile(r"(?<![A-Za-z0-9])sk-(?:[A-Za-z0-9]|[_-](?!sk-))*?T3BlbkFJ(?<=[A-Za-z0-9]{20}T3BlbkFJ)[A-Za-z0-9]{20}")
+    ],
+    # The registry's `//host/` before `:_authToken=` is context, not the secret: anchored on the rare part.
+    NpmDetector: [re.compile(r"/:_authToken=\s*+((npm_.+)|([A-Fa-f0-9-]{36}))")],
+}
+
+
+def _plugin_patterns(plugin: RegexBasedDetector) -> list[re.Pattern[str]]:
+    """The plugin's patterns, each in a form whose run time grows linearly with the text."""
+    if type(plugin) in _LINEAR_PATTERNS:
+        return _LINEAR_PATTERNS[type(plugin)]
+    return [re.compile(p.pattern.replace(_ASSIGNMENT_GAP, _LINEAR_ASSIGNMENT_GAP), p.flags) for p in plugin.denylist]
+
+
 @dataclass(frozen=True)
 class Plugin:
     detector: RegexBasedDetector
@@ -526,10 +591,13 @@ class Plugin:
     # As for rules: one of these must be in the lowercased text (none: always run), and `hint` must match.
     needles: tuple[str, ...] = ()
     hint: re.Pattern[str] | None = None
+    # The detector's patterns as `_plugin_patterns` rewrites them.
+    patterns: tuple[re.Pattern[str], ...] = ()
 
 
 def _plugin(cls: type[RegexBasedDetector], kind: str, *needles: str, hint: str | None = None) -> Plugin:
-    return Plugin(cls(), kind, needles, re.compile(hint) if hint else None)
+    detector = cls()
+    return Plugin(detector, kind, needles, re.compile(hint) if hint else None, tuple(_plugin_patterns(detector)))
 
 
 _SECRET_WORDS = ("key", "pwd", "pass", "token")
@@ -588,20 +656,28 @@ _SECRET_REFERENCE_KEY = re.compile(
 )
 
 
-def _plugin_spans(plugin: RegexBasedDetector, text: str) -> Iterator[tuple[int, int]]:
+def _plugin_spans(plugin: RegexBasedDetector, patterns: Sequence[re.Pattern[str]], text: str) -> Iterator[tuple[int, int]]:
     """Where the plugin's patterns find a secret: each non-empty group, as its `analyze_string` yields them."""
     validated = type(plugin).analyze_string is not RegexBasedDetector.analyze_string
-    for regex in plugin.denylist:
+    for regex in patterns:
+        reach = 0  # the end of the last span yielded, its tail included
         for match in regex.finditer(text):
+            # Inside a token already found (`AKIA…AKIA…` in one run): its span holds this one, and scanning the
+            # run's tail again for every match in it would cost the square of the run.
+            if match.end() <= reach:
+                continue
             groups = [i for i in range(1, (regex.groups or 0) + 1) if match.group(i)] or [0]
             for i in groups:
-                start, end = match.span(i)
                 if validated and match.group(i) not in set(plugin.analyze_string(match.group(i))):
                     continue
-                start, end = _trim(text, start, end)
+                start, end = _trim(text, *match.span(i))
                 # Inside a longer word (an ARN's account digits, a hex id) the pattern found no token.
-                if start == 0 or not (text[start - 1].isascii() and text[start - 1].isalnum()):
-                    yield start, end
+                if start > 0 and text[start - 1].isascii() and (text[start - 1].isalnum() or text[start - 1] == "]"):
+                    continue
+                tail = _TOKEN_TAIL.match(text, end)
+                end = tail.end() if tail else end
+                reach = max(reach, end)
+                yield start, end
 
 
 def _trim(text: str, start: int, end: int) -> tuple[int, int]:
@@ -612,19 +688,50 @@ def _trim(text: str, start: int, end: int) -> tuple[int, int]:
     prefix = _KEY_PREFIX.match(text, start, end)
     if prefix and end - prefix.end() >= 8:
         start = prefix.end()
-    tail = _TOKEN_TAIL.match(text, end)
-    return start, tail.end() if tail else end
+    return start, end
+
+
+# detect-secrets' keyword plugin, quotes required (`password = "…"`, `"…" == password`, `secret: '…'`,
+# `private_key "…";`, `pwd => "…"`), in a linear form. Its own patterns start at every keyword inside a
+# word and run `\w*` to the word's end (a word of repeated keywords costs its length squared), and let a
+# backquoted value run to the last backquote before the line's next quote, from every backquote.
+# Here each word is read once, from its first keyword, and a value ends at its first closing quote.
+_KEYWORD = "|".join(KEYWORD_DENYLIST)
+_KEYWORD_IN_WORD = re.compile(_KEYWORD, re.I)
+_WORD_REST = re.compile(r"\w*")
+# Starts with a word character, does not end in `,` or a backquote, and holds no quote (nor a backquote
+# when backquoted): detect-secrets' SECRET.
+_QUOTED_VALUE = r"(?P<q>['\"`])(?P<value>(?=\w)(?:(?<=`)[^\v'\"`]*+|(?<!`)[^\v'\"]*+)(?<![,`]))(?P=q)"
+# What follows the word that holds the keyword.
+_AFTER_KEYWORD: tuple[re.Pattern[str], ...] = (
+    re.compile(rf"(?:[]'\"]{{0,2}})?:\s*+{_QUOTED_VALUE}"),  # secret: "…"
+    re.compile(rf"(?:[]'\"]{{0,2}})?\s*+(?:={{1,3}}|!==?)\s*+{_QUOTED_VALUE}"),  # password = "…", != "…"
+    re.compile(rf"[^\s]{{0,50}}?\s*+{_QUOTED_VALUE};"),  # private_key "…";
+    re.compile(rf"(?:[]'\"]{{0,2}})?\s*+=>?\s*+{_QUOTED_VALUE}"),  # pwd => "…"
+)
+# "…" == password: case-sensitive, as detect-secrets has it.
+_COMPARED_TO_KEYWORD = re.compile(rf"{_QUOTED_VALUE}\s*+[!=]{{2,3}}\s*+\w*?(?:{_KEYWORD})")
+_KEY_NAME = re.compile(r"[\w.-]*")
 
 
 def _keyword_spans(line: str) -> Iterator[tuple[int, int]]:
     """detect-secrets' keyword plugin (quotes required: `password = "…"`), minus names and placeholders."""
-    for regex, group in QUOTES_REQUIRED_DENYLIST_REGEX_TO_GROUP.items():
-        for match in regex.finditer(line):
-            value = match.group(group)
-            key = re.match(r"[\w.-]*", line[match.start() :])
-            if _placeholder(value) or (key and _SECRET_REFERENCE_KEY.search(key.group(0))):
-                continue
-            yield match.span(group)
+    word_end = 0
+    for keyword in _KEYWORD_IN_WORD.finditer(line):
+        if keyword.start() < word_end:
+            continue  # a later keyword in a word already read
+        rest = _WORD_REST.match(line, keyword.end())
+        word_end = rest.end() if rest else keyword.end()
+        key = _KEY_NAME.match(line, keyword.start())
+        if key and _SECRET_REFERENCE_KEY.search(key.group(0)):
+            continue
+        for after in _AFTER_KEYWORD:
+            match = after.match(line, word_end)
+            if match and not _placeholder(match.group("value")):
+                yield match.span("value")
+    for match in _COMPARED_TO_KEYWORD.finditer(line):
+        if not _placeholder(match.group("value")):
+            yield match.span("value")
 
 
 def _mask_spans(text: str, spans: list[tuple[int, int]], kind: str, counts: Counter[str]) -> str:
@@ -656,7 +763,7 @@ def _found(needles: tuple[str, ...], hint: re.Pattern[str] | None, text: str, lo
 def _mask_with_plugins(text: str, lower: str, counts: Counter[str]) -> str:
     for plugin in PLUGINS:
         if _found(plugin.needles, plugin.hint, text, lower):
-            spans = list(_plugin_spans(plugin.detector, text))
+            spans = list(_plugin_spans(plugin.detector, plugin.patterns, text))
             if spans:
                 text = _mask_spans(text, spans, plugin.kind, counts)
     return text
@@ -694,19 +801,35 @@ def _mask_encoded_params(text: str, counts: Counter[str]) -> str:
     def replace(match: re.Match[str]) -> str:
         if not _PERCENT.search(match.group(0)):
             return match.group(0)
-        inner = _mask(unquote_plus(match.group(1)) + unquote_plus(match.group(2)), encoded=False)
-        if not inner.counts:
+        name = unquote_plus(match.group(1))
+        param = name + unquote_plus(match.group(2))
+        masked, found = (_mask_short_param if len(param) <= 512 else _mask_param)(param)
+        if not found:
             return match.group(0)
-        counts.update(inner.counts)
-        return f"{match.group(1)}[MASKED:{next(iter(inner.counts))}]"
+        counts.update(dict(found))
+        placeholder = f"[MASKED:{found[0][0]}]"
+        # A secret in the name (`?ghp_%41…=x`) goes with it: keeping the name and masking the value would leave
+        # the secret for the next pass to find again.
+        return f"{match.group(1)}{placeholder}" if masked.startswith(name) else placeholder
 
     return _ENCODED_PARAM.sub(replace, text) if _PERCENT.search(text) else text
+
+
+def _mask_param(param: str) -> tuple[str, tuple[tuple[str, int], ...]]:
+    """One decoded `name=value`, masked, and what was found in it."""
+    result = _mask_once(param, encoded=False)
+    return result.text, tuple(result.counts.items())
+
+
+# Short parameters cached: a URL repeated in a log repeats its parameters.
+_mask_short_param = functools.lru_cache(maxsize=4096)(_mask_param)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Kubernetes Secret manifests.
 
-_SECRET_DATA = re.compile(r"^(?P<indent>\s*)(?:data|stringData):\s*$")
+# `data:` alone on its line (a comment after it allowed), also as a list item.
+_SECRET_DATA = re.compile(r"(?P<indent>[ \t]*(?:-[ \t]+)?)(?:data|stringData):[ \t]*(?:#.*)?\r?")
 _KIND_SECRET = re.compile(r"^kind:\s*Secret\s*$", re.M)
 
 
@@ -716,9 +839,43 @@ class MaskResult:
     counts: dict[str, int]
 
 
+# A pass can leave something for the next: masking a token turns the text glued to it into a word of its
+# own (`(415) 555-2671(415) 555-2671`: the second number follows a digit, then a placeholder). Passes
+# repeat while they find something, up to this many; text still changing after them is masked line by line.
+_MAX_PASSES = 4
+_UNSTABLE = "[MASKED:unstable]"
+
+
 def mask_secrets(text: str) -> MaskResult:
-    """Replace every secret with `[MASKED:kind]`; return the text and how many of each kind were found."""
-    return _mask(text, encoded=True)
+    """Replace every secret with `[MASKED:kind]`; return the text and how many of each kind were found.
+
+    Idempotent: the text returned masks to itself, and `find_secrets` finds nothing in it. A pass over text
+    without secrets changes nothing and is the only one; after a pass that masked something, the next
+    checks that nothing is left. Where passes keep finding more, each line something is still found on
+    becomes `[MASKED:unstable]`, and if even that leaves a finding (a key across lines), the whole text does.
+    """
+    total: Counter[str] = Counter()
+    for _ in range(_MAX_PASSES):
+        result = _mask_once(text, encoded=True)
+        if not result.counts:
+            return MaskResult(text, dict(total))
+        total.update(result.counts)
+        text = result.text
+    text = _mask_unstable_lines(text, total)
+    if _mask_once(text, encoded=True).counts:
+        total["unstable"] += 1
+        text = _UNSTABLE
+    return MaskResult(text, dict(total))
+
+
+def _mask_unstable_lines(text: str, counts: Counter[str]) -> str:
+    """Each line that a pass on its own still finds something on, replaced whole."""
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if _mask_once(line, encoded=True).counts:
+            lines[i] = _UNSTABLE
+            counts["unstable"] += 1
+    return "\n".join(lines)
 
 
 def find_secrets(text: str) -> list[str]:
@@ -726,7 +883,8 @@ def find_secrets(text: str) -> list[str]:
     return [kind for kind, n in mask_secrets(text).counts.items() for _ in range(n)]
 
 
-def _mask(text: str, encoded: bool) -> MaskResult:
+def _mask_once(text: str, encoded: bool) -> MaskResult:
+    """One pass of every rule, in the order of the module's docstring."""
     counts: Counter[str] = Counter()
     # Needles are looked up in the text as it came: placeholders added on the way are no reason to look.
     lower = text.lower()
@@ -767,22 +925,89 @@ def _mask_kubernetes_secret_data(text: str, counts: Counter[str]) -> str:
     """Values under `data:`/`stringData:` of a `kind: Secret` manifest are secrets whatever their keys."""
     if not _KIND_SECRET.search(text):
         return text
-    out, block_indent = [], None
+    masker = _SecretData(counts)
+    out: list[str] = []
     for line in text.split("\n"):
-        header = _SECRET_DATA.match(line)
-        if header:
-            block_indent = len(header.group("indent"))
-        elif block_indent is not None:
-            indent = len(line) - len(line.lstrip())
-            if line.strip() and indent <= block_indent:
-                block_indent = None
-            elif ":" in line and line.strip():
-                key, _, value = line.partition(":")
-                if value.strip() and "[MASKED:" not in value:
-                    counts["k8s-secret"] += 1
-                    line = f"{key}: [MASKED:k8s-secret]"
-        out.append(line)
+        masker.feed(line, out)
     return "\n".join(out)
+
+
+_ENTRY_SEPARATOR = re.compile(r":(?=[ \t]|\r?$)")  # never the colon inside `[MASKED:kind]`
+_BLOCK_SCALAR = re.compile(r"[|>][-+0-9]*(?:[ \t]+#.*)?")  # `|`, `|-`, `>+`, `|2`: the value is on the lines below
+_PLACEHOLDER_VALUE = re.compile(r"([\"']?)\[MASKED:[\w-]+\]\1")
+
+
+class _SecretData:
+    """Line by line through a Secret manifest: each entry of a `data:`/`stringData:` block, with the lines of
+    its value below it (a `|` or `>` block, a folded plain scalar), becomes `key: [MASKED:k8s-secret]`.
+
+    An entry left as it is (an empty value, a block indicator, a placeholder) turns masked when a line of
+    value follows; a value line of a masked entry goes. So the output has no value left to mask: a second
+    pass finds nothing, where masking the first line of a `tls.key: |` block alone left the key's lines
+    behind, and read the placeholder on them as a new entry.
+    """
+
+    def __init__(self, counts: Counter[str]) -> None:
+        self.counts = counts
+        self.block: int | None = None  # indent of the `data:` line while inside its block
+        self.entry: int | None = None  # indent of the block's entries
+        self.kept: int | None = None  # where in `out` the current entry stands, while its value may still follow
+        self.masked = False  # the current entry is masked: the lines of its value go
+
+    def feed(self, line: str, out: list[str]) -> None:
+        stripped = line.strip()
+        indent = len(line) - len(line.lstrip())
+        if self.block is not None and stripped and indent > self.block and self.entry is not None and indent > self.entry:
+            self._value_line(line, stripped, out)
+            return
+        header = _SECRET_DATA.fullmatch(line)
+        if header:
+            self.block, self.entry, self.kept, self.masked = len(header.group("indent")), None, None, False
+        elif self.block is not None and stripped and indent <= self.block and not stripped.startswith("#"):
+            self.block = None  # dedented past the block (a comment does not end a YAML block)
+        elif self.block is not None and stripped and indent > self.block:
+            self.entry = indent
+            line = self._entry_line(line, stripped, len(out))
+        out.append(line)
+
+    def _entry_line(self, line: str, stripped: str, at: int) -> str:
+        self.kept, self.masked = None, False
+        if stripped.startswith("#"):
+            return line
+        separator = _ENTRY_SEPARATOR.search(line)
+        value = line[separator.end() :].strip() if separator else ""
+        if PLACEHOLDER.fullmatch(stripped) or (
+            separator and (not value or _BLOCK_SCALAR.fullmatch(value) or _PLACEHOLDER_VALUE.fullmatch(value))
+        ):
+            self.kept = at
+            return line
+        self.masked = True
+        self.counts["k8s-secret"] += 1
+        return self._masked(line, separator)
+
+    def _value_line(self, line: str, stripped: str, out: list[str]) -> None:
+        """A line deeper than the entries: part of the current entry's value."""
+        if self.masked:
+            return
+        if self.kept is not None:
+            entry = out[self.kept]
+            if not PLACEHOLDER.fullmatch(entry.strip()):
+                out[self.kept] = self._masked(entry, _ENTRY_SEPARATOR.search(entry))
+            self.kept, self.masked = None, True
+            self.counts["k8s-secret"] += 1
+        elif PLACEHOLDER.fullmatch(stripped):
+            out.append(line)  # after a comment: a placeholder line stays what it is
+        else:
+            self.masked = True
+            self.counts["k8s-secret"] += 1
+            out.append(line[: len(line) - len(line.lstrip())] + "[MASKED:k8s-secret]" + ("\r" if line.endswith("\r") else ""))
+
+    @staticmethod
+    def _masked(line: str, separator: re.Match[str] | None) -> str:
+        cr = "\r" if line.endswith("\r") else ""
+        if separator is None:  # not `key: value`: the whole line is the value
+            return line[: len(line) - len(line.lstrip())] + "[MASKED:k8s-secret]" + cr
+        return f"{line[: separator.start()]}: [MASKED:k8s-secret]{cr}"
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """Parse raw documents into sections with unstructured (prose) or on their structure (code, YAML).
 
-A document that cannot be parsed raises `ParseError`; the caller quarantines it and goes on.
+A document that cannot be parsed raises `ParseError` (with a short `kind` code and a reason that never
+quotes the document); the caller quarantines it and goes on. Anything else raised here is a bug, but for
+MemoryError, which the parse budget (assets/budget.py) reports as over its memory limit.
 """
 
 from __future__ import annotations
@@ -9,6 +11,9 @@ import ast
 import io
 import os
 import re
+import reprlib
+import traceback
+import zipfile
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import PurePosixPath
@@ -44,10 +49,31 @@ _DECLARED_NAME = re.compile(
 # `detect_language` below already sets the document language the index filters on.
 NO_LANGUAGE_DETECTION = [""]
 _FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*\n", re.DOTALL)
+# A DOCX is a zip: one that says (in its central directory, read before anything is unpacked) it unpacks
+# to more than this, or any part of which unpacks to more than MAX_ZIP_RATIO times its packed size, is
+# refused. Real documents are far below both; a zip bomb is far above.
+MAX_UNPACKED_BYTES = 200 * 1024 * 1024
+MAX_ZIP_RATIO = 200
+# What YAML values become metadata through: bounded, since a few aliases can make a value whose
+# plain str() is exponentially long (a "billion laughs" document).
+_BOUNDED = reprlib.Repr()
+_BOUNDED.maxlevel, _BOUNDED.maxlist, _BOUNDED.maxdict, _BOUNDED.maxstring, _BOUNDED.maxother = 3, 20, 20, 200, 200
+# Errors YAML loading raises on bad input: YAMLError, but also ValueError (a date like 2020-13-45),
+# RecursionError (deep nesting) and OverflowError or TypeError from value constructors.
+_YAML_FAILURES = (yaml.YAMLError, ValueError, RecursionError, OverflowError, TypeError)
 
 
 class ParseError(Exception):
-    """The document cannot be turned into text; the reason is shown to operators."""
+    """The document cannot be turned into text; the message is shown to operators and `kind` is a short
+    code ("invalid_encoding", "unparseable", "zip_bomb", or the source's skipped kind) to count them by."""
+
+    def __init__(self, message: str, kind: str = "unparseable") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    def __reduce__(self) -> tuple[type[ParseError], tuple[str, str]]:
+        # Keeps the kind when the error crosses a process boundary (the parse workers).
+        return (ParseError, (str(self), self.kind))
 
 
 @dataclass(frozen=True)
@@ -82,7 +108,7 @@ def document_kind(doc_id: str, default: str) -> str:
 def parse_document(raw: RawDocument, default_kind: str, doc_hash: str) -> ParsedDocument:
     """Turn one raw document into sections; raise ParseError with a reason an operator can act on."""
     if raw.skipped_reason:
-        raise ParseError(raw.skipped_reason)
+        raise ParseError(raw.skipped_reason, raw.skipped_kind or "skipped")
     kind = document_kind(raw.doc_id, default_kind)
     suffix = PurePosixPath(raw.doc_id.lower()).suffix
     metadata = dict(raw.metadata)
@@ -104,41 +130,103 @@ def parse_document(raw: RawDocument, default_kind: str, doc_hash: str) -> Parsed
             sections = _partition_markup(body, suffix)
         else:
             sections = _paragraph_sections(body)
-    sections = tuple(s for s in sections if s.text.strip())
-    if not sections:
+    kept = tuple(s for s in sections if s.text.strip())
+    if not kept:
         raise ParseError("no text could be extracted")
-    full_text = "\n".join(s.text for s in sections)
+    full_text = "\n".join(s.text for s in kept)
     metadata.setdefault("lang", detect_language(full_text))
-    if sections[0].headings:
-        metadata.setdefault("title", sections[0].headings[0])
-    return ParsedDocument(raw.doc_id, doc_hash, sections, metadata)
+    if kept[0].headings:
+        metadata.setdefault("title", kept[0].headings[0])
+    return ParsedDocument(raw.doc_id, doc_hash, kept, metadata)
 
 
 def decode_text(content: bytes) -> str:
     """UTF-8 (or UTF-16 with a BOM) text; anything else is refused rather than guessed."""
     if content.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return content.decode("utf-16")
-    if b"\x00" in content[:8192]:
-        raise ParseError("binary content (NUL bytes) in a text file")
-    try:
-        return content.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ParseError(f"not valid UTF-8 text (byte {exc.start})") from exc
+        try:
+            text = content.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise ParseError(f"not valid UTF-16 text (byte {exc.start})", "invalid_encoding") from exc
+    else:
+        if b"\x00" in content[:8192]:
+            raise ParseError("binary content (NUL bytes) in a text file", "invalid_encoding")
+        try:
+            text = content.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ParseError(f"not valid UTF-8 text (byte {exc.start})", "invalid_encoding") from exc
+    # Past the first 8 KiB, or in UTF-16: no text format here holds NUL, nor can PostgreSQL's text type.
+    if "\x00" in text:
+        raise ParseError("binary content (NUL characters) in a text file", "invalid_encoding")
+    return text
 
 
 def split_front_matter(text: str) -> tuple[dict[str, str], str]:
-    """YAML front matter (`---` block at the top) as flat string metadata, and the rest of the text."""
+    """YAML front matter (`---` block at the top) as flat string metadata, and the rest of the text.
+
+    A block that is not YAML is taken as text (two rules around a paragraph look alike), unless it names
+    the document's access list: that document is refused rather than indexed readable by everyone."""
     match = _FRONT_MATTER.match(text)
     if not match:
         return {}, text
     try:
-        data = yaml.safe_load(match.group(1))
-    except yaml.YAMLError:
+        data = _load_yaml(match.group(1))
+    except _YAML_FAILURES as exc:
+        if ACL_FRONT_MATTER_KEY in match.group(1):
+            raise ParseError(f"front matter names `{ACL_FRONT_MATTER_KEY}` but is not valid YAML ({_yaml_problem(exc)})") from exc
         return {}, text
     if not isinstance(data, dict):
         return {}, text
-    flat = {str(k): ", ".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in data.items() if v is not None}
+    flat = {_metadata_text(k): _metadata_text(v) for k, v in data.items() if v is not None}
     return flat, text[match.end() :]
+
+
+class _PlainDatesLoader(yaml.SafeLoader):
+    """The safe loader, but an unquoted date stays text: YAML 1.1's timestamp rule makes `2020-13-45`
+    an error, where Kubernetes (YAML 1.2) and most writers see a string."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+
+def _load_yaml(text: str) -> Any:
+    """YAML as the safe loader reads it; on a value it cannot construct (an impossible date) once more
+    with dates as text."""
+    try:
+        return yaml.safe_load(text)
+    except ValueError:
+        return yaml.load(text, Loader=_PlainDatesLoader)  # a SafeLoader subclass: as safe
+
+
+def _metadata_text(value: object) -> str:
+    """A YAML value as one metadata string: a list's items joined by commas. Nested lists and mappings
+    are written bounded (their plain str() can be exponentially long); scalars as str() writes them."""
+    if isinstance(value, list):
+        return ", ".join(map(_scalar_text, value))
+    return _scalar_text(value)
+
+
+def _scalar_text(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return _BOUNDED.repr(value) if isinstance(value, dict | list | set | tuple) else str(value)
+    except ValueError:  # an integer too long to print (YAML reads `!!int 0x…` of any length)
+        return f"<{type(value).__name__}>"
+
+
+def _yaml_problem(exc: BaseException) -> str:
+    """What is wrong with a YAML text and where, without quoting it: YAML's own messages include a
+    snippet of the document, and quarantine reasons must not carry its text."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return f"a value that cannot be loaded ({type(exc).__name__})"
+    # Quoted pieces longer than a token are document text.
+    problem = re.sub(r"'[^']{13,}'", "'…'", exc.problem or "malformed")
+    mark = exc.problem_mark
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
 def detect_language(text: str) -> str:
@@ -164,7 +252,7 @@ def _offline_unstructured() -> None:
 
     nlp = spacy.blank("xx")
     nlp.add_pipe("sentencizer")
-    tokenize._get_nlp = lambda: nlp  # type: ignore[attr-defined]
+    tokenize._get_nlp = lambda: nlp  # type: ignore[attr-defined,assignment]
 
 
 def _elements_to_sections(elements: list[Any]) -> list[Section]:
@@ -195,19 +283,28 @@ def _elements_to_sections(elements: list[Any]) -> list[Section]:
 
 def _partition_markup(text: str, suffix: str) -> list[Section]:
     _offline_unstructured()
-    if suffix in {".html", ".htm"}:
-        from unstructured.partition.html import partition_html
+    try:
+        if suffix in {".html", ".htm"}:
+            from unstructured.partition.html import partition_html
 
-        return _elements_to_sections(partition_html(text=text, languages=NO_LANGUAGE_DETECTION))
-    from unstructured.partition.md import partition_md
+            elements = partition_html(text=text, languages=NO_LANGUAGE_DETECTION)
+        else:
+            from unstructured.partition.md import partition_md
 
-    return _elements_to_sections(partition_md(text=text, languages=NO_LANGUAGE_DETECTION))
+            elements = partition_md(text=text, languages=NO_LANGUAGE_DETECTION)
+    except Exception as exc:  # every parser failure quarantines the file with its reason
+        _reraise_out_of_memory(exc)
+        raise ParseError(_parser_failure("HTML" if suffix in {".html", ".htm"} else "Markdown", exc)) from exc
+    return _elements_to_sections(elements)
 
 
 def _partition_binary(raw: RawDocument) -> list[Section]:
+    is_pdf = raw.doc_id.lower().endswith(".pdf")
+    if not is_pdf:
+        _refuse_zip_bomb(raw.content)
     _offline_unstructured()
     try:
-        if raw.doc_id.lower().endswith(".pdf"):
+        if is_pdf:
             from unstructured.partition.pdf import partition_pdf
 
             elements = partition_pdf(file=io.BytesIO(raw.content), strategy="fast", languages=["eng", "rus", "chi_sim"])
@@ -216,8 +313,50 @@ def _partition_binary(raw: RawDocument) -> list[Section]:
 
             elements = partition_docx(file=io.BytesIO(raw.content), languages=NO_LANGUAGE_DETECTION)
     except Exception as exc:  # every parser failure quarantines the file with its reason
-        raise ParseError(f"{type(exc).__name__}: {exc}"[:500]) from exc
+        _reraise_out_of_memory(exc)
+        raise ParseError(_parser_failure("PDF" if is_pdf else "DOCX", exc)) from exc
     return _elements_to_sections(elements)
+
+
+def _reraise_out_of_memory(exc: Exception) -> None:
+    """Out of memory is the parse budget's to report (assets/budget.py), also where libxml2 reports it
+    through lxml as a syntax or XPath error ("Memory allocation failed", ERR_NO_MEMORY)."""
+    if isinstance(exc, MemoryError):
+        raise exc
+    log = getattr(exc, "error_log", None) or ()
+    signs = [str(exc), *(f"{getattr(e, 'type_name', '')} {getattr(e, 'message', '')}" for e in log)]
+    if any("memory allocation failed" in sign.lower() or "NO_MEMORY" in sign for sign in signs):
+        raise MemoryError from exc
+
+
+def _parser_failure(what: str, exc: BaseException) -> str:
+    return f"the {what} parser failed: {failure_without_message(exc)}"
+
+
+def failure_without_message(exc: BaseException) -> str:
+    """An exception by its type and the line that raised it, for operators: its message may quote the
+    document, which a quarantine reason must not."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" in {'/'.join(frames[-1].filename.split('/')[-2:])}:{frames[-1].lineno}" if frames else ""
+    return f"{type(exc).__name__}{where}"
+
+
+def _refuse_zip_bomb(content: bytes) -> None:
+    """Refuse a zip whose central directory says it unpacks far beyond its size, before unpacking it.
+    Python's zipfile never inflates a part past the size its directory entry declares, so the
+    declared sizes bound what parsing it can unpack."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            parts = archive.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError):
+        return  # not a readable zip: the DOCX parser says so
+    total = sum(part.file_size for part in parts)
+    if total > MAX_UNPACKED_BYTES:
+        raise ParseError(f"the DOCX unpacks to {total} bytes, over the {MAX_UNPACKED_BYTES}-byte limit (a zip bomb?)", "zip_bomb")
+    for part in parts:
+        if part.file_size > 1_000_000 and part.file_size > MAX_ZIP_RATIO * max(part.compress_size, 1):
+            ratio = part.file_size // max(part.compress_size, 1)
+            raise ParseError(f"a part of the DOCX unpacks {ratio} times its packed size (a zip bomb?)", "zip_bomb")
 
 
 def _paragraph_sections(text: str) -> list[Section]:
@@ -235,8 +374,10 @@ def _code_sections(text: str, language: str) -> list[Section]:
     if language == "python":
         try:
             return _python_sections(text)
-        except SyntaxError:
-            pass  # still indexable as text, split on declaration lines below
+        # Still indexable as text, split on declaration lines below. CPython's parser reports nesting
+        # too deep for it as RecursionError or, for long unary chains, MemoryError.
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            pass
     starts = [m.start() for m in _DECLARATION.finditer(text)]
     if not starts:
         return [Section(text)]
@@ -275,18 +416,18 @@ def _yaml_sections(text: str) -> list[Section]:
         if not piece.strip():
             continue
         try:
-            data = yaml.safe_load(piece)
-        except yaml.YAMLError as exc:
-            raise ParseError(f"invalid YAML: {exc}"[:500]) from exc
+            data = _load_yaml(piece)
+        except _YAML_FAILURES as exc:
+            raise ParseError(f"invalid YAML: {_yaml_problem(exc)}") from exc
         meta: dict[str, str] = {}
         if isinstance(data, dict):
-            meta_block = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
+            meta_block: dict[Any, Any] = data["metadata"] if isinstance(data.get("metadata"), dict) else {}
             for key, value in (
                 ("kind", data.get("kind")),
                 ("name", meta_block.get("name")),
                 ("namespace", meta_block.get("namespace") or "default" if data.get("kind") else None),
             ):
                 if value:
-                    meta[key] = str(value)
+                    meta[key] = _metadata_text(value)
         sections.append(Section(piece.strip("\n"), metadata=meta))
     return sections

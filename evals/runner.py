@@ -57,11 +57,7 @@ def build_index(evalset: EvalSet, spec: CollectionSpec, embedder: Embedder, inde
     index.drop_collection(collection)
     raws, doc_of_file = corpus_documents(evalset, spec)
     extracted = stages.ExtractResult(raws, {r.doc_id: r.content_hash for r in raws}, 0, [])
-    parsed = stages.parse(extracted, spec)
-    documents, _ = stages.mask(parsed.documents)
-    chunks = stages.chunk(documents, Chunker(spec, embedder))
-    embedded = stages.embed(chunks, embedder, index, collection)
-    report = stages.write_index(extracted, parsed, embedded, index, spec, embedder.dimension)
+    report = stages.ingest_batch(extracted, spec, Chunker(spec, embedder), embedder, index)
     return BuiltIndex(collection, doc_of_file, report.chunks, time.perf_counter() - started, spec)
 
 

@@ -49,8 +49,8 @@ def _embedding_alone(specs: list[CollectionSpec], embedder: Any) -> tuple[int, f
     for spec in specs:
         raw = FolderSource(Path(spec.source.path)).documents(PlatformSettings().max_file_bytes)
         extracted = stages.ExtractResult(raw, {d.doc_id: "bench" for d in raw}, 0, [])
-        documents, _ = stages.mask(stages.parse(extracted, spec).documents)
-        texts += [c.text for c in stages.chunk(documents, Chunker(spec, embedder))]
+        masked = stages.mask(stages.parse(extracted, spec).documents)
+        texts += [c.text for c in stages.chunk(masked.documents, Chunker(spec, embedder)).chunks]
     started = time.perf_counter()
     embedder.embed_passages(texts)
     return len(texts), time.perf_counter() - started
@@ -447,3 +447,94 @@ def _llm_through_api(base: str, llm_url: str, engine: Any, questions: list[str],
             summary["tokens_per_s_api"]["p50"] / max(summary["tokens_per_s_direct"]["p50"], 1e-6), 3
         )
     return summary
+
+
+# ---------------------------------------------------------------------------------------------------------
+# `kb bench mask`: the masker's run time on adversarial text against ordinary text, at three sizes.
+
+_PEM_HEADER = "-----BEGIN RSA PRIVATE KEY-----"
+_MIX_UNITS = (
+    f"{_PEM_HEADER}\n",
+    f'"{_PEM_HEADER}\\n"\n',
+    "password=password=password=abc ",
+    "  tls.key: |\n    " + _PEM_HEADER + "\n    MIIEowIBAAKCAQEA7bq1Q3dQ3dQ3dQ3dQ3dQ3d\n",
+    "eyJeyJ-eyJ sk-sk- AKIAAKIA ghp_ glagent- //a/:_authToken ",
+    "password: `a `a `a ",
+    "+7 916 123 45 67 (415) 555-2671 4111 1111 1111 1111 12345678901234567890 ",
+    "PuTTY-User-Key-File-2: ssh-rsa ",
+    "admin-admin-admin-admin% a.a.a.a.a:// ",
+    "?a=%41&b=%42&pwd=p%40ss ",
+)
+
+
+def _repeated(unit: str, size: int) -> str:
+    """`unit` repeated to `size` characters."""
+    return (unit * (size // len(unit) + 1))[:size]
+
+
+def _base64_run(size: int, seed: int = 3) -> str:
+    """One run of random base64 with no break in it (an inlined image, a blob), `size` characters."""
+    import base64
+
+    return base64.b64encode(random.Random(seed).randbytes(size * 3 // 4 + 3)).decode()[:size]
+
+
+def _ordinary_text(size: int, seed: int = 7) -> str:
+    """Markdown paragraphs of the payments vocabulary: what the masker reads most of the time."""
+    rng = random.Random(seed)
+    parts, total = [], 0
+    while total < size:
+        paragraph = " ".join(" ".join(rng.choices(_WORDS, k=rng.randint(8, 16))).capitalize() + "." for _ in range(4))
+        parts.append(f"## Section {len(parts)}\n\n{paragraph}\n\n")
+        total += len(parts[-1])
+    return "".join(parts)[:size]
+
+
+# Each shape a function of the size in characters (ASCII: characters are bytes).
+MASK_SHAPES: dict[str, Callable[[int], str]] = {
+    "ordinary_text": _ordinary_text,
+    "unterminated_pem_headers": lambda n: _repeated(f"{_PEM_HEADER}\n", n),
+    "unterminated_pem_headers_quoted": lambda n: _repeated(f'"{_PEM_HEADER}\\n" +\n', n),
+    "one_line": lambda n: _repeated("".join(u.replace("\n", " ") for u in _MIX_UNITS), n),
+    "key_blocks": lambda n: "kind: Secret\nstringData:\n" + _repeated(_MIX_UNITS[3], n - 26),
+    "password_assignments": lambda n: _repeated("password=", n),
+    "base64_run": _base64_run,
+    "digits_and_phones": lambda n: _repeated(_MIX_UNITS[6], n),
+    "mix": lambda n: _repeated("".join(_MIX_UNITS), n),
+}
+
+
+def _time_masking(text: str) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) of masking `text`. The masker is one thread of pure Python and regex work:
+    its CPU time is the work done, and does not count the time a busy machine keeps it waiting."""
+    from assets.mask import mask_secrets
+
+    cpu, wall = time.process_time(), time.perf_counter()
+    mask_secrets(text)
+    return time.process_time() - cpu, time.perf_counter() - wall
+
+
+def run_mask_benchmark(largest_mb: float, console: Console, shapes: list[str] | None = None) -> dict[str, Any]:
+    """CPU seconds (wall seconds beside them) and MB/s of `mask_secrets` per shape at a tenth, a quarter and all
+    of `largest_mb`; the ratio of the largest size's seconds to the smallest's (10 when time grows linearly
+    with the input) and each shape's throughput against ordinary text's, both at the largest size."""
+    sizes = [largest_mb / 10, largest_mb / 4, largest_mb]
+    results: dict[str, Any] = {}
+    for name in shapes or list(MASK_SHAPES):
+        rows = {}
+        for mb in sizes:
+            text = MASK_SHAPES[name](int(mb * 1_000_000))
+            console.log(f"mask {name}: {mb:g} MB")
+            seconds, wall = _time_masking(text)
+            rows[f"{mb:g}_mb"] = {
+                "seconds": round(seconds, 3),
+                "wall_seconds": round(wall, 3),
+                "mb_per_s": round(mb / max(seconds, 1e-9), 3),
+            }
+        first, last = rows[f"{sizes[0]:g}_mb"], rows[f"{sizes[-1]:g}_mb"]
+        results[name] = {**rows, "time_ratio_largest_to_smallest": round(last["seconds"] / max(first["seconds"], 1e-9), 2)}
+    if "ordinary_text" in results:
+        baseline = results["ordinary_text"][f"{sizes[-1]:g}_mb"]["mb_per_s"]
+        for row in results.values():
+            row["throughput_vs_ordinary"] = round(row[f"{sizes[-1]:g}_mb"]["mb_per_s"] / max(baseline, 1e-9), 3)
+    return {"sizes_mb": sizes, "size_ratio": round(sizes[-1] / sizes[0], 2), "shapes": results}

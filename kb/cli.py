@@ -86,8 +86,8 @@ def ingest(
     """Ingest collections in this process; only changed documents are re-embedded."""
     import dagster as dg
 
-    from kb.ingest import ingest_collections
-    from kb.platform import Platform
+    from kb.ingest import cli_run_tags, ingest_collections
+    from kb.platform import Platform, fail_abandoned_runs
     from pipelines.definitions import build_resources
 
     platform, postgres, index, embedding = _settings()
@@ -100,6 +100,9 @@ def ingest(
             runtime.start_postgres()
             runtime.apply_environment()
             instance = dg.DagsterInstance.get()  # runs show up in the Dagster UI
+            # A `kb ingest` killed earlier on this host left its run "started", holding the run queue's only slot.
+            for run_id in fail_abandoned_runs(instance, cli_run_tags()):
+                console.print(f"marked run {run_id} failed: its process is gone")
         else:
             instance = dg.DagsterInstance.ephemeral()
         resources = build_resources(platform, postgres, index, embedding)
@@ -324,6 +327,31 @@ def mcp() -> None:
     build_kb_server(state.knowledge, state.connectors.docs).run("stdio")
 
 
+@app.command("quarantine")
+def quarantine(
+    collection: Annotated[str | None, typer.Option("--collection", "-c", help="Only this collection.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """The documents left out of the index, with the stage, kind and reason; fix or remove a file and the next run clears it."""
+    from kb.platform import Platform
+    from kb.quarantine import list_records
+    from pipelines.definitions import database_url
+
+    platform, postgres, index, _ = _settings()
+    if collection:
+        _specs(platform, [collection], None)  # an unknown collection is an error, not an empty list
+    runtime = Platform(platform, postgres, index)
+    try:
+        runtime.start_postgres()
+        records = list_records(database_url(platform, postgres), collection)
+    finally:
+        runtime.stop()
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        grouped.setdefault(record.collection, []).append({**record.as_dict(), "since": record.first_seen})
+    _emit({"quarantined": grouped, "total": len(records)}, as_json)
+
+
 @webhook_app.command("enqueue")
 def webhook_enqueue(
     collection: Annotated[str | None, typer.Option(help="Collection whose documents changed.")] = None,
@@ -363,6 +391,21 @@ def bench_ingest(
     from kb.bench import run_ingest_benchmark
 
     _emit(run_ingest_benchmark(chunks, console), as_json)
+
+
+@bench_app.command("mask")
+def bench_mask(
+    mb: Annotated[float, typer.Option(help="Largest input in MB; the others are a tenth and a quarter of it.")] = 10.0,
+    shape: Annotated[list[str] | None, typer.Option(help="Only these shapes (repeatable); default: all.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Masking time on adversarial inputs and ordinary text at three sizes: seconds, MB/s, and how time grows."""
+    from kb.bench import MASK_SHAPES, run_mask_benchmark
+
+    unknown = sorted(set(shape or []) - set(MASK_SHAPES))
+    if unknown:
+        raise typer.BadParameter(f"unknown shape(s) {', '.join(unknown)}; known: {', '.join(MASK_SHAPES)}")
+    _emit(run_mask_benchmark(mb, console, shape), as_json)
 
 
 @eval_app.command("retrieval")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -49,7 +50,7 @@ def ingest_collections(
                 selection=dg.AssetSelection.groups(spec.name),
                 run_config=run_config,
                 raise_on_error=False,
-                tags={"kb/trigger": "cli"},
+                tags=cli_run_tags(),
             )
         if arrived:
             raise KeyboardInterrupt(f"signal {', '.join(signal.Signals(s).name for s in sorted(arrived))} during {spec.name}")
@@ -61,6 +62,12 @@ def ingest_collections(
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def cli_run_tags() -> dict[str, str]:
+    """Tags of the runs `kb ingest` runs in its own process: the host, so that a later `kb ingest` on the same
+    host (and only there: a pid means nothing elsewhere) can tell a run whose process was killed."""
+    return {"kb/trigger": "cli", "kb/host": socket.gethostname()}
 
 
 @contextmanager
@@ -99,12 +106,11 @@ def stop_signals_kept() -> Iterator[set[int]]:
 def _collection_report(collection: str, result: dg.ExecuteInProcessResult, seconds: float) -> dict[str, Any]:
     if not result.success:
         failures = [
-            str(event.step_failure_data.error.message).strip()
-            if event.step_failure_data and event.step_failure_data.error
+            _error_chain(event.step_failure_data.error) if event.step_failure_data and event.step_failure_data.error
             else event.message
             for event in result.all_events
             if event.is_step_failure
-        ]
+        ]  # fmt: skip
         failed_checks = [
             e.event_specific_data.check_name  # type: ignore[union-attr]
             for e in result.all_events
@@ -127,3 +133,13 @@ def _collection_report(collection: str, result: dg.ExecuteInProcessResult, secon
         "quarantined": [asdict(q) for q in index.quarantined],
         "seconds": seconds,
     }
+
+
+def _error_chain(error: Any) -> str:
+    """A step's error with its causes ("Error occurred while executing op ...: DiskFull: could not extend file ..."):
+    Dagster wraps the exception that tells an operator what went wrong."""
+    messages = []
+    while error is not None and len(messages) < 5:
+        messages.append(str(error.message).strip())
+        error = error.cause
+    return ": ".join(dict.fromkeys(m for m in messages if m))

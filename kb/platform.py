@@ -195,15 +195,16 @@ def _listener(port: int) -> str:
     return "another process"
 
 
-def fail_abandoned_runs(instance: dg.DagsterInstance) -> list[str]:
+def fail_abandoned_runs(instance: dg.DagsterInstance, tags: dict[str, str] | None = None) -> list[str]:
     """Mark runs that a killed process left in progress as failed (canceled when a cancel was asked for); returns
     their ids. A run is abandoned when the process that wrote its last event is gone, so a `kb ingest` still
-    running next to `kb up` keeps its run."""
+    running next to `kb up` keeps its run. `tags` narrows it to runs that carry them (a pid means something only
+    on the host that wrote it)."""
     from dagster import DagsterRunStatus, RunsFilter
 
     in_progress = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
     failed = []
-    for run in instance.get_runs(RunsFilter(statuses=in_progress)):
+    for run in instance.get_runs(RunsFilter(statuses=in_progress, tags=tags or {})):
         worker = _last_worker(instance, run.run_id)
         if worker is not None and _ran_since(*worker):
             continue

@@ -36,6 +36,9 @@ class PlatformSettings(BaseSettings):
         default=PROJECT_ROOT / "collections.yaml", description="The collections config (chunking, metadata, sources)."
     )
     max_file_bytes: int = Field(default=20_000_000, description="Files above this size are quarantined unparsed.")
+    parse_timeout_s: float = Field(default=60.0, description="Wall seconds one document may take to parse (0: no limit).")
+    parse_memory_mb: int = Field(default=2048, description="Address space one document's parse may add to its worker.")
+    parse_workers: int = Field(default=1, description="Worker processes that parse a run's documents at once.")
 
 
 class PostgresSettings(BaseSettings):

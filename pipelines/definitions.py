@@ -33,7 +33,14 @@ def build_resources(
             qdrant_api_key=index.qdrant_api_key,
         ),
         "embedder": EmbedderResource(**embedding.resource_fields()),
-        "storage": StorageResource(data_dir=str(platform.data_dir), max_file_bytes=platform.max_file_bytes),
+        "storage": StorageResource(
+            data_dir=str(platform.data_dir),
+            database_url=url,
+            max_file_bytes=platform.max_file_bytes,
+            parse_timeout_s=platform.parse_timeout_s,
+            parse_memory_mb=platform.parse_memory_mb,
+            parse_workers=platform.parse_workers,
+        ),  # fmt: skip
         "events": EventQueueResource(database_url=url),
     }
 

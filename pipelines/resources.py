@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from functools import cache
 from pathlib import Path
 
 import dagster as dg
 
+from assets.budget import ParseBudget
 from assets.embed import DEFAULT_BACKEND, Embedder, embedder_fingerprint, load_embedder
 from assets.index import PgVectorIndex, QdrantIndex, VectorIndex
-from assets.stages import Quarantined
+from assets.stages import ExtractResult, ParseResult, Quarantined
+from kb.quarantine import QuarantineRecord, list_records, replace_records
 
 
 @cache
@@ -53,31 +54,47 @@ class EmbedderResource(dg.ConfigurableResource):
 
 
 class StorageResource(dg.ConfigurableResource):
-    """The platform's data directory: quarantine records and mirrors of remote git sources."""
+    """The platform's data directory (mirrors of remote git sources) and where quarantined documents are recorded
+    (the platform's PostgreSQL, so every replica and `kb quarantine` see one list)."""
 
     data_dir: str
+    database_url: str | None = None
     max_file_bytes: int = 20_000_000
+    parse_timeout_s: float = 60.0
+    parse_memory_mb: int = 2048
+    parse_workers: int = 1
+
+    @property
+    def parse_budget(self) -> ParseBudget:
+        return ParseBudget(self.parse_timeout_s, self.parse_memory_mb, self.parse_workers)
 
     @property
     def git_cache(self) -> Path:
         return Path(self.data_dir) / "git"
 
-    def record_quarantine(self, collection: str, quarantined: list[Quarantined], parsed_ok: list[str]) -> Path:
-        """Keep one JSON record per quarantined file (doc id and reason); drop records of files that now parse."""
-        folder = Path(self.data_dir) / "quarantine" / collection
-        folder.mkdir(parents=True, exist_ok=True)
-        for doc_id in parsed_ok:
-            (folder / _record_name(doc_id)).unlink(missing_ok=True)
-        for item in quarantined:
-            (folder / _record_name(item.doc_id)).write_text(json.dumps({"doc_id": item.doc_id, "reason": item.reason}))
-        return folder
+    def record_quarantine(
+        self, collection: str, extracted: ExtractResult, parsed: ParseResult, quarantined: list[Quarantined]
+    ) -> list[QuarantineRecord]:
+        """Record what this run left out and clear what it fixed; returns the collection's quarantine as it now stands.
+
+        A quarantined document is tried again on every run (the index never holds its current hash), so a run over the
+        whole source sees the whole quarantine and replaces it; a webhook run only replaces the records of its documents.
+        Without `database_url` (ingestion alone on a Qdrant index, no platform database) nothing is kept: the run's
+        Dagster check and `kb ingest --json` still list what it left out.
+        """
+        records = [QuarantineRecord(collection, q.doc_id, q.stage, q.kind, q.reason) for q in quarantined]
+        if not self.database_url:  # ingestion alone on Qdrant, without the platform: this run's list, kept nowhere
+            return records
+        left_out = {q.doc_id for q in quarantined}
+        if extracted.scope is None:
+            replace_records(self.database_url, collection, records, cleared=(), keep_only=left_out)
+        else:
+            cleared = [d for d in [*extracted.scope, *(doc.doc_id for doc in parsed.documents)] if d not in left_out]
+            replace_records(self.database_url, collection, records, cleared=cleared, keep_only=None)
+        return list_records(self.database_url, collection)
 
 
 class EventQueueResource(dg.ConfigurableResource):
     """Where webhook events are queued (the platform's Postgres)."""
 
     database_url: str
-
-
-def _record_name(doc_id: str) -> str:
-    return doc_id.replace("/", "__") + ".json"

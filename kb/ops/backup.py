@@ -3,8 +3,8 @@
 What goes in: the `kb` database (sessions, messages, audit log, API keys, webhook queue, and the pgvector
 index, so a restore does not re-embed) and the `dagster` database (run history), each dumped by the embedded
 server's own `pg_dump` in one snapshot, with its row counts taken in that same snapshot; the audit key file;
-Qdrant's collections when Qdrant is the index; and a manifest. Models, git mirrors, quarantine records and
-logs are derived and stay out.
+Qdrant's collections when Qdrant is the index; and a manifest (quarantine records are a table of the `kb`
+database, rebuilt by the next run anyway). Models, git mirrors and logs are derived and stay out.
 
 A restore verifies the whole archive (checksums, manifest, passphrase) in a staging folder before it changes
 anything, builds a fresh cluster beside the data directory's and swaps it in only once every table holds the

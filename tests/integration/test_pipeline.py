@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,11 @@ from assets.extract import GitSource
 from assets.index import PgVectorIndex
 from kb.events import enqueue
 from kb.ingest import ingest_collections
+from kb.quarantine import list_records
 from kb.settings import EmbeddingSettings
 from pipelines.definitions import build_definitions
 from pipelines.resources import EmbedderResource, EventQueueResource, IndexResource, StorageResource
+from pipelines.sensors import DEBOUNCE_S
 
 
 def resources(postgres_url: str, data_dir: Path, max_file_bytes: int = 1_000_000) -> dict[str, dg.ConfigurableResource]:
@@ -25,7 +28,7 @@ def resources(postgres_url: str, data_dir: Path, max_file_bytes: int = 1_000_000
     return {
         "index": IndexResource(database_url=postgres_url),
         "embedder": EmbedderResource(model_dir=str(embedding.model_dir)),
-        "storage": StorageResource(data_dir=str(data_dir), max_file_bytes=max_file_bytes),
+        "storage": StorageResource(data_dir=str(data_dir), database_url=postgres_url, max_file_bytes=max_file_bytes),
         "events": EventQueueResource(database_url=postgres_url),
     }
 
@@ -134,8 +137,8 @@ def test_corrupt_files_are_quarantined_and_the_run_succeeds(
     assert "no text" in reasons["broken.pdf"] and "limit" in reasons["huge.md"] and "UTF-8" in reasons["legacy.txt"]
     assert report["chunks"] == first["chunks"]
     assert stored_docs(postgres_url, spec) == indexed_before
-    records = sorted(p.name for p in (tmp_path / "data" / "quarantine" / spec.name).iterdir())
-    assert "broken.pdf.json" in records and len(records) == 5
+    records = {r.doc_id: r for r in list_records(postgres_url, spec.name)}
+    assert set(records) == set(reasons) and records["huge.md"].kind == "oversize" and records["broken.pdf"].stage == "parse"
 
 
 def test_webhook_event_reindexes_only_its_documents(
@@ -152,9 +155,9 @@ def test_webhook_event_reindexes_only_its_documents(
 
     defs = build_definitions([spec], res)
     sensor = defs.get_sensor_def("webhook_events")
-    cursor_before = str(max(0, enqueue(postgres_url, "test", spec.name, ["placeholder"])))
     enqueue(postgres_url, "gitea", spec.name, pushed)
-    with dg.build_sensor_context(cursor=cursor_before, resources={"events": res["events"]}, definitions=defs) as context:
+    time.sleep(DEBOUNCE_S)  # a collection's deliveries become a run once they have been quiet this long
+    with dg.build_sensor_context(resources={"events": res["events"]}, definitions=defs) as context:
         result = sensor(context)
     assert isinstance(result, dg.SensorResult)
     (request,) = result.run_requests or []
@@ -202,6 +205,7 @@ def test_ingest_works_on_qdrant_local_mode_without_postgres(
     spec = collection(sample_specs, "incidents", sample_copy / "incidents")
     res = resources("unused", tmp_path / "data")
     res["index"] = IndexResource(qdrant_path=str(tmp_path / "qdrant"))
+    res["storage"] = StorageResource(data_dir=str(tmp_path / "data"))  # no database: quarantine is reported, not kept
     first = run(spec, res)
     assert first["documents"] == 10 and first["embedded"] == first["chunks"] > 0
     assert run(spec, res)["embedded"] == 0
