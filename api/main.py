@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -67,7 +68,10 @@ def create_app(state: AppState | None = None) -> FastAPI:
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
-        return FileResponse(static_dir() / "chat.html")
+        return FileResponse(static_dir() / "index.html")
+
+    # The web client's modules, styles and vendored libraries (anonymous, like the page: it signs in itself).
+    app.mount("/static", StaticFiles(directory=static_dir()), name="static")
 
     for module in (auth, chat, query, sessions, feedback, webhooks, health):
         app.include_router(module.router)

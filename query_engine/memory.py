@@ -259,6 +259,32 @@ class SessionStore:
             )
             return bool(done.rowcount)  # type: ignore[attr-defined]
 
+    def rename(self, session_id: str, title: str) -> dict[str, Any] | None:
+        """Give a live session a new title (cut to the column's 200 characters); the session without its messages,
+        or None when there is no such live session. The idle clock (updated_at) does not move: a new name is not
+        activity, so neither the listing's order nor retention changes."""
+        with Session(self.engine) as db, db.begin():
+            chat = _live(db, session_id, lock=True)
+            if chat is None:
+                return None
+            db.execute(
+                update(ChatSession)
+                .where(ChatSession.id == session_id)
+                .values(title=title[:200], updated_at=ChatSession.updated_at)
+            )
+            db.refresh(chat)
+            return _session_dict(chat, with_messages=False)
+
+    def titles(self, session_ids: Sequence[str]) -> dict[str, str]:
+        """id → title of the live sessions among `session_ids` (what a search hit shows next to its snippet)."""
+        if not session_ids:
+            return {}
+        query = select(ChatSession.id, ChatSession.title).where(
+            ChatSession.id.in_(set(session_ids)), ChatSession.deleted_at.is_(None)
+        )
+        with Session(self.engine) as db:
+            return {row.id: row.title for row in db.execute(query)}
+
     def restore(self, session_id: str) -> bool:
         """Undo a delete still in its grace (an operator's tool); False when there is nothing to restore."""
         with Session(self.engine) as db, db.begin():

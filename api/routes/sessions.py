@@ -1,4 +1,4 @@
-"""/v1/sessions: list, get, delete, full-text search, export as Markdown or JSON.
+"""/v1/sessions: list, get, rename, delete, full-text search, export as Markdown or JSON.
 
 A deleted session answers 404 everywhere at once; the retention job (pipelines/retention.py) purges its rows after
 the grace. Erasing all of a user's data is DELETE /v1/me/data (api/routes/auth.py).
@@ -13,13 +13,23 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import Caller, CallerDep
 from api.deps import StateDep
 from api.state import AppState
+from assets.mask import mask_secrets
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+
+
+class SessionUpdate(BaseModel):
+    """What a user may change on a session: its title (the web client's rename)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(min_length=1, max_length=200, description="The new title; at most 200 characters, not blank.")
 
 
 def _whose(caller: Caller, requested: str | None) -> str | None:
@@ -66,7 +76,10 @@ async def search_sessions(
     whose = _whose(caller, user)
     if caller.access.read_others_sessions and whose != caller.user():
         await run_in_threadpool(state.audit.record, caller.user(), "session_search", target=whose or "*", detail={"query": q})
-    return {"data": await run_in_threadpool(state.sessions.search, q, whose)}
+    hits = await run_in_threadpool(state.sessions.search, q, whose)
+    # Each hit names its conversation, so a client can list hits without fetching every session.
+    titles = await run_in_threadpool(state.sessions.titles, [h["session_id"] for h in hits])
+    return {"data": [{**h, "title": titles.get(h["session_id"], "")} for h in hits]}
 
 
 @router.get("/{session_id}")
@@ -77,6 +90,22 @@ async def get_session(session_id: str, state: StateDep, caller: CallerDep) -> di
     if chat is None:
         raise HTTPException(404, f"unknown session {session_id!r}")
     return chat
+
+
+@router.patch("/{session_id}")
+async def rename_session(session_id: str, body: SessionUpdate, state: StateDep, caller: CallerDep) -> dict[str, Any]:
+    """Rename one of your sessions (a closed one too: it stays read-only); the session without its messages."""
+    await _readable(state, caller, session_id, write=True)
+    # Typed by the user, shown in every listing and export: masked like a question.
+    title = mask_secrets(" ".join(body.title.split())).text
+    if not title:
+        raise HTTPException(400, "the title must not be blank")
+    renamed = await run_in_threadpool(state.sessions.rename, session_id, title)
+    if renamed is None:  # deleted since it was looked up
+        raise HTTPException(404, f"unknown session {session_id!r}")
+    await run_in_threadpool(state.audit.record, caller.user(), "session_rename", target=session_id,
+                            detail={"title_chars": len(title)})  # fmt: skip
+    return renamed
 
 
 @router.delete("/{session_id}", status_code=204)
