@@ -116,7 +116,18 @@ def parse_documents(
         finally:
             pool.stop()  # every task is done (or given up on): end the workers now
             pool.join()
+            _stop_resource_tracker()
     return [parsed[n] for n in sorted(parsed)], [failures[n] for n in sorted(failures)]
+
+
+def _stop_resource_tracker() -> None:
+    """End the helper process that spawn's locks start, and reap it: left running, it outlives a process that exits
+    on a signal (`kb up`) by a moment and lingers as a zombie where PID 1 does not reap; the next pool starts a new one."""
+    from multiprocessing import resource_tracker
+
+    stop = getattr(resource_tracker._resource_tracker, "_stop", None)
+    if stop is not None:
+        stop()
 
 
 def _patience(seconds: float, documents: int, workers: int) -> float:
