@@ -125,9 +125,11 @@ def _stop_resource_tracker() -> None:
     on a signal (`kb up`) by a moment and lingers as a zombie where PID 1 does not reap; the next pool starts a new one."""
     from multiprocessing import resource_tracker
 
-    stop = getattr(resource_tracker._resource_tracker, "_stop", None)
-    if stop is not None:
-        stop()
+    tracker = resource_tracker._resource_tracker
+    # A process that was itself spawned (Dagster's step workers) uses its parent's tracker: it holds the fd but no
+    # pid, and must neither close it nor wait for a process it did not start.
+    if getattr(tracker, "_pid", None) is not None and hasattr(tracker, "_stop"):
+        tracker._stop()
 
 
 def _patience(seconds: float, documents: int, workers: int) -> float:

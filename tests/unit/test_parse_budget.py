@@ -4,6 +4,7 @@ documents of the same call are parsed, in real worker processes."""
 from __future__ import annotations
 
 import io
+import multiprocessing
 import os
 import pickle
 import signal
@@ -137,3 +138,27 @@ def test_a_zip_bomb_is_refused_from_its_central_directory(monkeypatch: pytest.Mo
 def test_parse_error_keeps_its_kind_across_processes() -> None:
     error = pickle.loads(pickle.dumps(ParseError("not valid UTF-8 text (byte 3)", "invalid_encoding")))
     assert (str(error), error.kind) == ("not valid UTF-8 text (byte 3)", "invalid_encoding")
+
+
+def _parse_twice_in_a_spawned_process(queue: multiprocessing.Queue[object]) -> None:
+    """What a Dagster step worker does: a spawned process (its resource tracker inherited from the parent, a fd
+    without a pid) runs the parse pool, twice."""
+    try:
+        for attempt in range(2):
+            docs = [raw(f"doc-{attempt}.md", b"# Title\n\nSome words.\n")]
+            parsed, failures = parse_documents(docs, "prose", {d.doc_id: "h" for d in docs}, ParseBudget(seconds=60))
+            assert [p.doc_id for p in parsed] == [f"doc-{attempt}.md"] and not failures
+        queue.put("ok")
+    except BaseException as error:  # the parent asserts on what happened here
+        queue.put(repr(error))
+
+
+def test_the_pool_runs_inside_a_process_that_was_itself_spawned() -> None:
+    context = multiprocessing.get_context("spawn")
+    context.Lock()  # the parent's resource tracker runs, as in Dagster's run worker, and the child inherits it
+    queue = context.Queue()
+    child = context.Process(target=_parse_twice_in_a_spawned_process, args=(queue,))
+    child.start()
+    outcome = queue.get(timeout=120)
+    child.join(30)
+    assert outcome == "ok"
