@@ -4,7 +4,7 @@ UV := python3 -m uv
 export HF_HUB_OFFLINE := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup browser docker ldap prometheus deploy-tools up test test-fast lint bench eval
+.PHONY: setup browser docker ldap prometheus deploy-tools up test test-fast lint bench eval e2e-openwebui
 
 # torch 2.13.0: the CPU wheel in /opt/wheels where it exists (group torch-local, a default group), else the registry's
 # Linux build with its CUDA packages (group torch-pypi: 2.6 GB more to download, .venv 8.3 GB instead of 4.5 GB).
@@ -55,10 +55,15 @@ up: setup
 	$(UV) run --frozen kb up
 
 test: setup browser docker ldap prometheus deploy-tools
-	$(UV) run --frozen pytest
+	$(UV) run --frozen pytest -m "not openwebui"
+
+# Opt-in, outside CI's time budget: installs Open WebUI into .venv-openwebui and drives it against kb up.
+e2e-openwebui: setup browser
+	bash tests/openwebui/install.sh
+	$(UV) run --frozen pytest -m openwebui tests/openwebui
 
 test-fast: setup docker ldap prometheus deploy-tools
-	$(UV) run --frozen pytest -m "not e2e and not answers"
+	$(UV) run --frozen pytest -m "not e2e and not answers and not openwebui"
 
 lint: setup
 	$(UV) run --frozen ruff check .

@@ -27,6 +27,14 @@ def create(
     role: Annotated[str, typer.Option(help="A role from roles.yaml: admin, devops, developer, viewer, auditor, …")],
     expires_in_days: Annotated[float | None, typer.Option(help="Days until the key stops working (default: never).")] = None,
     note: Annotated[str | None, typer.Option(help="What the key is for.")] = None,
+    gateway: Annotated[
+        bool,
+        typer.Option(
+            "--gateway",
+            help="A trusted gateway's key (Open WebUI): the user it forwards in its "
+            "headers is the acting user, reading at most what this key's role reads.",
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Create an API key; this is the only time it is shown (only its hash is stored)."""
@@ -39,14 +47,15 @@ def create(
     with cli_database(*_store()) as url:
         store = KeyStore(url)
         try:
-            key, record = store.create(user.strip(), role, expires_in=expires, note=note)
-            _audit(url, "admin.key_create", record.id, {"user": record.user, "role": role})
+            key, record = store.create(user.strip(), role, expires_in=expires, note=note, gateway=gateway)
+            _audit(url, "admin.key_create", record.id, {"user": record.user, "role": role, "gateway": gateway})
         finally:
             store.close()
     if as_json:
         typer.echo(json.dumps({"key": key, **record.as_dict()}))
     else:
-        typer.echo(f"API key for {record.user} ({role}), id {record.id}; shown only now:\n{key}")
+        kind = "gateway key" if record.gateway else "API key"
+        typer.echo(f"{kind} for {record.user} ({role}), id {record.id}; shown only now:\n{key}")
 
 
 @keys_app.command("list")
@@ -65,7 +74,8 @@ def list_keys(user: Annotated[str | None, typer.Option(help="Only this user's ke
         return
     for row in rows:
         state = "revoked" if row["revoked_at"] else f"expires {row['expires_at']}" if row["expires_at"] else "no expiry"
-        typer.echo(f"{row['id']}  {row['user']:<24} {row['role']:<10} created {row['created_at'][:19]}  {state}")
+        gateway = "  gateway" if row["gateway"] else ""
+        typer.echo(f"{row['id']}  {row['user']:<24} {row['role']:<10} created {row['created_at'][:19]}  {state}{gateway}")
 
 
 @keys_app.command("revoke")
@@ -87,7 +97,7 @@ def revoke(key_id: Annotated[str, typer.Argument(help="The key's id (from `kb ke
         raise typer.Exit(1)
 
 
-def _audit(url: str, action: str, target: str, detail: dict[str, str]) -> None:
+def _audit(url: str, action: str, target: str, detail: dict[str, str | bool]) -> None:
     """Admin actions from the CLI are audited like those through the API (actor: the operator's shell)."""
     import getpass
 

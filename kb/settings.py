@@ -6,15 +6,17 @@ Every runtime (CLI, Dagster code location, API) builds these here; `assets/` and
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from assets.embed import BACKENDS, DEFAULT_BACKEND, Embedder, load_embedder
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_HEADER_NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")  # an RFC 9110 token
 
 
 def _default_embedding_model_dir() -> Path:
@@ -148,6 +150,9 @@ class APISettings(BaseSettings):
     environment: str = Field(default="local", description="'local' allows the default webhook secret; nothing else does.")
     allowed_hosts: list[str] = Field(default_factory=list, description="Host headers the API is reached by behind a proxy "
                                      "(`kb.example.internal`, `kb.example.internal:8443`); /mcp answers others 421.")  # fmt: skip
+    public_url: str | None = Field(default=None, description="Where users' browsers reach this API "
+                                   "(https://kb.example.internal): the base of links in answers, such as the citations "
+                                   "Open WebUI shows; default: the address the request came to.")  # fmt: skip
 
     @model_validator(mode="after")
     def _no_default_secret_outside_local(self) -> Self:
@@ -187,6 +192,24 @@ class AuthSettings(BaseSettings):
     ldap_group_filter: str = "(&(objectClass=groupOfNames)(member={user_dn}))"
     audit_key: str | None = Field(default=None, description="HMAC key of the audit chain (hex or base64, ≥ 32 bytes); "
                                   "default: a key file created in the data directory.")  # fmt: skip
+    # A gateway key (`kb keys create --gateway`) may name the user it forwards, as Open WebUI does with
+    # ENABLE_FORWARD_USER_INFO_HEADERS; the defaults are Open WebUI's header names.
+    forwarded_jwt_secret: SecretStr | None = Field(
+        default=None,
+        description="Open WebUI's FORWARD_USER_INFO_HEADER_JWT_SECRET (≥ 32 bytes): only signed forwarded users are "
+        "accepted and plain headers are refused; unset: a gateway key's plain forwarded user headers are trusted.",
+    )
+    forwarded_user_jwt_header: str = "X-OpenWebUI-User-Jwt"
+    forwarded_user_id_header: str = "X-OpenWebUI-User-Id"
+    forwarded_user_email_header: str = "X-OpenWebUI-User-Email"
+    forwarded_user_name_header: str = "X-OpenWebUI-User-Name"
+    forwarded_user_role_header: str = "X-OpenWebUI-User-Role"
+
+    @field_validator("forwarded_jwt_secret", mode="before")
+    @classmethod
+    def _empty_secret_is_unset(cls, value: object) -> object:
+        # Compose and Helm pass an unset variable as "" (`${VAR:-}`); that means no secret, not a weak one.
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _complete_providers(self) -> Self:
@@ -197,4 +220,15 @@ class AuthSettings(BaseSettings):
             raise ValueError("OIDC needs KB_AUTH_OIDC_ISSUER, KB_AUTH_OIDC_AUDIENCE and KB_AUTH_OIDC_JWKS_URL together")
         if bool(self.ldap_url) != bool(self.ldap_user_dn_template):
             raise ValueError("LDAP needs KB_AUTH_LDAP_URL and KB_AUTH_LDAP_USER_DN_TEMPLATE together")
+        # HS256 with a shorter key is guessable offline from one captured token (RFC 7518 §3.2: ≥ the hash size).
+        if self.forwarded_jwt_secret is not None and len(self.forwarded_jwt_secret.get_secret_value().encode()) < 32:
+            raise ValueError("KB_AUTH_FORWARDED_JWT_SECRET must be at least 32 bytes (HS256 key)")
+        headers = [h.strip().lower() for h in self.forwarded_header_names()]
+        if not all(_HEADER_NAME.fullmatch(h) for h in headers) or len(set(headers)) != len(headers):
+            raise ValueError("KB_AUTH_FORWARDED_USER_*_HEADER must be distinct HTTP header names")
         return self
+
+    def forwarded_header_names(self) -> tuple[str, str, str, str, str]:
+        """jwt, id, email, name and role header names, in that order."""
+        return (self.forwarded_user_jwt_header, self.forwarded_user_id_header, self.forwarded_user_email_header,
+                self.forwarded_user_name_header, self.forwarded_user_role_header)  # fmt: skip

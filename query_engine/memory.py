@@ -11,6 +11,7 @@ their sessions, archived ones included, at once."""
 from __future__ import annotations
 
 import builtins
+import hashlib
 import json
 import math
 import re
@@ -60,6 +61,8 @@ class ChatSession(Base):
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     summary_method: Mapped[str | None] = mapped_column(String(16), nullable=True)  # 'llm' or 'extractive'
     summarized_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)  # by retention
+    # The chat id a client that keeps its own chats forwarded (Open WebUI's X-OpenWebUI-Chat-Id); unique per user.
+    client_chat_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     messages: Mapped[list[Message]] = relationship(back_populates="session", order_by="Message.seq", cascade="all, delete-orphan")
 
 
@@ -75,6 +78,8 @@ class Message(Base):
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    # chain_hash of the conversation up to and including this message: how a client's history finds its session.
+    chain: Mapped[str | None] = mapped_column(String(64), nullable=True)
     session: Mapped[ChatSession] = relationship(back_populates="messages")
 
 
@@ -191,13 +196,23 @@ class SessionStore:
     def __init__(self, database_url: str) -> None:
         self.engine: Engine = create_engine(sqlalchemy_url(database_url), pool_pre_ping=True)
 
-    def create(self, user: str, title: str, model: str, max_open: int | None = None) -> str:
+    def create(self, user: str, title: str, model: str, max_open: int | None = None, client_chat_id: str | None = None) -> str:
         """A new session; with `max_open`, the user's least recently active open sessions beyond it are
         closed (kept, readable and exportable, but no longer continued)."""
         with Session(self.engine) as db, db.begin():
             # One user's concurrent creations must not both see room for one more.
             db.execute(text("SELECT pg_advisory_xact_lock(hashtext(:user))"), {"user": f"kb-sessions:{user}"})
-            chat = ChatSession(user=user, title=title[:200] or "New conversation", model=model)
+            if client_chat_id:  # the chat's earlier session was closed or deleted here: the chat goes on in this one
+                db.execute(
+                    update(ChatSession)
+                    .where(
+                        ChatSession.user == user,
+                        ChatSession.client_chat_id == client_chat_id,
+                        (ChatSession.closed_at.is_not(None)) | (ChatSession.deleted_at.is_not(None)),
+                    )  # fmt: skip
+                    .values(client_chat_id=None, updated_at=ChatSession.updated_at)
+                )
+            chat = ChatSession(user=user, title=title[:200] or "New conversation", model=model, client_chat_id=client_chat_id)
             db.add(chat)
             db.flush()
             if max_open is not None:
@@ -229,11 +244,63 @@ class SessionStore:
             chat = _live(db, session_id, lock=True)
             if chat is None:
                 raise KeyError(session_id)
-            seq = (db.scalar(select(func.max(Message.seq)).where(Message.session_id == session_id)) or 0) + 1
+            last = db.execute(
+                select(Message.seq, Message.chain).where(Message.session_id == session_id).order_by(Message.seq.desc()).limit(1)
+            ).first()
+            seq = (last.seq if last else 0) + 1
+            previous = last.chain if last else None
+            if last and previous is None:  # a session from before chains: hash what it holds so far
+                previous = conversation_chain([(m.role, m.content) for m in chat.messages])
             db.add(Message(session_id=session_id, seq=seq, role=role, content=content, sources={"items": sources or []},
-                           prompt_tokens=prompt_tokens, completion_tokens=completion_tokens))  # fmt: skip
+                           prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                           chain=chain_hash(previous, role, content)))  # fmt: skip
             chat.updated_at = _now()
             return seq
+
+    def client_chat(self, user: str, client_chat_id: str) -> str | None:
+        """The user's live, open session for a client's chat id, if one was opened."""
+        query = select(ChatSession.id).where(ChatSession.user == user, ChatSession.client_chat_id == client_chat_id,
+                                             ChatSession.deleted_at.is_(None), ChatSession.closed_at.is_(None))  # fmt: skip
+        with Session(self.engine) as db:
+            return db.scalar(query)
+
+    def find_chain(self, user: str, chain: str, session_id: str | None = None) -> tuple[str, int] | None:
+        """(session, seq) of the user's most recent live, open message whose conversation hashes to `chain`: where a
+        client's history left off. With `session_id`, only within that session."""
+        query = (
+            select(Message.session_id, Message.seq)
+            .join(ChatSession, ChatSession.id == Message.session_id)
+            .where(
+                Message.chain == chain,
+                ChatSession.user == user,
+                ChatSession.deleted_at.is_(None),
+                ChatSession.closed_at.is_(None),
+            )  # fmt: skip
+            .order_by(ChatSession.updated_at.desc(), Message.seq.desc())
+            .limit(1)
+        )
+        if session_id is not None:
+            query = query.where(Message.session_id == session_id)
+        with Session(self.engine) as db:
+            row = db.execute(query).first()
+        return None if row is None else (row.session_id, row.seq)
+
+    def tail(self, session_id: str, after_seq: int) -> builtins.list[tuple[int, str, str]]:
+        """(seq, role, content) of the session's messages after `after_seq`, in order."""
+        query = select(Message.seq, Message.role, Message.content).where(
+            Message.session_id == session_id, Message.seq > after_seq
+        )
+        with Session(self.engine) as db:
+            return [(r.seq, r.role, r.content) for r in db.execute(query.order_by(Message.seq))]
+
+    def truncate(self, session_id: str, after_seq: int) -> int:
+        """Drop the messages after `after_seq` (a regenerated answer replaces the one it regenerates; their feedback
+        goes with them); how many went."""
+        with Session(self.engine) as db, db.begin():
+            if _live(db, session_id, lock=True) is None:
+                raise KeyError(session_id)
+            done = db.execute(delete(Message).where(Message.session_id == session_id, Message.seq > after_seq))
+            return _rowcount(done)
 
     def get(self, session_id: str) -> dict[str, Any] | None:
         with Session(self.engine) as db:
@@ -490,6 +557,24 @@ class SessionStore:
 
 
 _UNSYNCED = {"synchronize_session": False}
+
+
+def normalized(content: str) -> str:
+    """Message text as compared across a client's round trip: whitespace runs are one space, ends trimmed."""
+    return " ".join(content.split())
+
+
+def chain_hash(previous: str | None, role: str, content: str) -> str:
+    """The hash of a conversation extended by one message; role and normalized text, chained from the previous."""
+    return hashlib.sha256(f"{previous or ''}\x1f{role}\x1f{normalized(content)}".encode()).hexdigest()
+
+
+def conversation_chain(messages: Sequence[tuple[str, str]]) -> str | None:
+    """chain_hash over (role, content) messages, oldest first; None for no messages."""
+    chain: str | None = None
+    for role, content in messages:
+        chain = chain_hash(chain, role, content)
+    return chain
 
 
 def _live(db: Session, session_id: str, *, lock: bool = False) -> ChatSession | None:

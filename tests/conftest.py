@@ -77,3 +77,22 @@ def store(database: str):  # type: ignore[no-untyped-def]
     sessions = SessionStore(database)
     yield sessions
     sessions.engine.dispose()
+
+
+def no_llm_app_state(database: str, data_dir: Path, embedder, specs: list[CollectionSpec], audit_key: bytes):  # type: ignore[no-untyped-def]
+    """The API's state with sign-in on and the project's roles.yaml over an empty index of `specs` and no LLM (every
+    answer is the knowledge base's refusal): for tests of sessions, feedback and access that need no model.
+    The caller closes `state.index` and disposes `state.sessions.engine`."""
+    from api.state import AppState
+    from assets.index import PgVectorIndex
+    from kb.access.roles import load_roles
+    from kb.settings import APISettings, AuthSettings, LLMSettings, PlatformSettings
+    from query_engine.engine import AnswerEngine
+    from query_engine.memory import SessionStore
+    from query_engine.rerank import EvidenceReranker
+
+    index = PgVectorIndex(database)
+    engine = AnswerEngine(index, embedder, [s.name for s in specs], EvidenceReranker(), None)
+    return AppState(PlatformSettings(data_dir=data_dir), APISettings(), LLMSettings(), specs, index, engine,
+                    SessionStore(database), database, f"http://127.0.0.1:{free_port()}/v1", auth=AuthSettings(mode="on"),
+                    roles=load_roles(PROJECT_ROOT / "roles.yaml"), audit_key=audit_key)  # fmt: skip

@@ -39,6 +39,8 @@ class NewKey(BaseModel):
     role: str = Field(min_length=1, max_length=64)
     expires_in_days: Annotated[float | None, Field(gt=0, le=3650)] = None
     note: str | None = Field(default=None, max_length=200)
+    gateway: bool = Field(default=False, description="A trusted gateway's key (Open WebUI): the user it forwards in its "
+                          "headers is the acting user, reading at most what this key's role reads.")  # fmt: skip
 
 
 @router.post("/v1/auth/login")
@@ -75,11 +77,11 @@ async def logout(caller: CallerDep, state: StateDep) -> None:
 
 @router.get("/v1/auth/me")
 async def me(caller: CallerDep) -> dict[str, Any]:
-    """Who the credential signs in as, and what the roles let them read."""
+    """Who the credential signs in as (`via`: the gateway key's user that forwarded them), and what the roles let them read."""
     a = caller.access
     return {"user": caller.user(), "method": caller.identity.method, "roles": list(a.roles), "collections": sorted(a.collections),
             "connectors": sorted(a.connectors), "requests_per_minute": a.requests_per_minute, "admin": a.admin,
-            "read_others_sessions": a.read_others_sessions, "all_documents": a.groups is None}  # fmt: skip
+            "read_others_sessions": a.read_others_sessions, "all_documents": a.groups is None, "via": caller.via}  # fmt: skip
 
 
 @router.get("/v1/admin/keys")
@@ -94,9 +96,11 @@ async def create_key(body: NewKey, caller: AdminDep, state: StateDep) -> dict[st
     if body.role not in state.role_config.roles:
         raise HTTPException(400, f"unknown role {body.role!r}; roles: {', '.join(state.role_config.roles)}")
     expires = timedelta(days=body.expires_in_days) if body.expires_in_days else None
-    key, record = await run_in_threadpool(lambda: state.keys.create(body.user, body.role, expires_in=expires, note=body.note))
+    key, record = await run_in_threadpool(
+        lambda: state.keys.create(body.user, body.role, expires_in=expires, note=body.note, gateway=body.gateway)
+    )
     await run_in_threadpool(state.audit.record, caller.user(), "admin.key_create", target=record.id,
-                            detail={"user": body.user, "role": body.role})  # fmt: skip
+                            detail={"user": body.user, "role": body.role, "gateway": body.gateway})  # fmt: skip
     return {"key": key, **record.as_dict()}
 
 

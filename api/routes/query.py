@@ -40,7 +40,8 @@ async def query(body: QueryRequest, state: StateDep, caller: CallerDep) -> Query
     # A secret pasted into a question is masked before it is logged, audited or put in a prompt.
     body = body.model_copy(update={"question": mask_secrets(body.question).text})
     await run_in_threadpool(state.audit.record, caller.user(body.user), "query",
-                            detail={"question": body.question, "collections": readable, "agent": body.agent})  # fmt: skip
+                            detail={"question": body.question, "collections": readable, "agent": body.agent,
+                                    **caller.forwarded_by()})  # fmt: skip
     if not body.answer:
         return await _sources_only(state, body, caller, "retrieval_only")
     if body.agent:

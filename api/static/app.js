@@ -132,7 +132,20 @@ async function checkSignIn() {
   renderCollections(me.collections);
   // The address keeps the open conversation: a reload (or a shared link to one's own conversation) returns to it.
   const wanted = decodeURIComponent(location.hash.replace(/^#/, ""));
+  if (location.hash.startsWith("#source?")) return openLinkedSource(location.hash.slice("#source?".length));
   if (!wanted || !(await openSession(wanted))) newChat();
+}
+
+// A citation link from another client (Open WebUI's sources panel): a new chat with the cited chunk beside it.
+function openLinkedSource(query) {
+  const params = new URLSearchParams(query);
+  const collection = params.get("collection") || "";
+  const path = params.get("path") || "";
+  history.replaceState(null, "", location.pathname);
+  newChat();
+  if (!collection || !path) return;
+  const url = `/v1/documents/${encodeURIComponent(collection)}/${path.split("/").map(encodeURIComponent).join("/")}`;
+  openSource({ n: params.get("n") || "", collection, path, section: params.get("section") || "", score: null, snippet: "", url });
 }
 
 function showWho() {
@@ -815,7 +828,7 @@ async function openSource(source, trigger) {
   $("panel-collection").textContent = source.collection;
   $("panel-path").textContent = source.path;
   $("panel-section").textContent = source.section || t("panel.nosection");
-  $("panel-score").textContent = source.score.toFixed(3);
+  $("panel-score").textContent = source.score == null ? "–" : source.score.toFixed(3);
   $("panel-snippet").textContent = source.snippet.length >= 300 ? `${source.snippet}…` : source.snippet; // the API cuts at 300
   const doc = $("panel-doc");
   doc.replaceChildren(el("p", { className: "muted", textContent: t("panel.loading") }));
@@ -840,7 +853,9 @@ async function openSource(source, trigger) {
         section ? el("h4", { textContent: section }) : null,
         el("pre", { textContent: chunk.text }),
       );
-      if (!cited && chunk.text.startsWith(head)) {
+      // A linked source has no snippet: its section marks the chunk.
+      const match = head ? chunk.text.startsWith(head) : Boolean(source.section) && section === source.section;
+      if (!cited && match) {
         cited = block;
         block.classList.add("cited");
       }

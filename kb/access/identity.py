@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Method = Literal["api_key", "oidc", "ldap", "session", "local"]
+Method = Literal["api_key", "oidc", "ldap", "session", "local", "forwarded"]
 
 
 class AuthError(Exception):

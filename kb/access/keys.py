@@ -1,4 +1,4 @@
-"""API keys and sign-in session tokens, stored hashed in PostgreSQL (table kb_api_keys, migration 0003).
+"""API keys and sign-in session tokens, stored hashed in PostgreSQL (table kb_api_keys, migration 0003; `gateway`, 0008).
 
 A key is `kb_<id>_<secret>`: the id names it in listings and audit rows; the secret (256 random bits)
 is shown once, at creation, and only its SHA-256 is kept. With that much entropy a fast hash is enough
@@ -39,11 +39,14 @@ class KeyRecord:
     last_used_at: datetime | None
     note: str | None
     groups: tuple[str, ...] = ()
+    # A trusted gateway's key (Open WebUI): the user it forwards in its headers is the acting user (kb.access.forwarded).
+    gateway: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         iso = {k: getattr(self, k).isoformat() if getattr(self, k) else None
                for k in ("created_at", "expires_at", "revoked_at", "last_used_at")}  # fmt: skip
-        return {"id": self.id, "user": self.user, "role": self.role, "kind": self.kind, "note": self.note, **iso}
+        return {"id": self.id, "user": self.user, "role": self.role, "kind": self.kind, "gateway": self.gateway,
+                "note": self.note, **iso}  # fmt: skip
 
     def identity(self) -> Identity:
         if self.kind == "session":
@@ -68,17 +71,20 @@ class KeyStore:
         self.engine = engine or create_engine(sqlalchemy_url(database_url), pool_pre_ping=True)
 
     def create(self, user: str, role: str, *, expires_in: timedelta | None = None, kind: Kind = "api_key",
-               groups: Sequence[str] = (), note: str | None = None) -> tuple[str, KeyRecord]:  # fmt: skip
-        """A new key and its record; the key itself is never stored or shown again."""
+               groups: Sequence[str] = (), note: str | None = None, gateway: bool = False) -> tuple[str, KeyRecord]:  # fmt: skip
+        """A new key and its record; the key itself is never stored or shown again. A `gateway` key's forwarded user
+        headers set the acting user (only API keys can be gateways)."""
+        if gateway and kind != "api_key":
+            raise ValueError("only an API key can be a gateway key")
         key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
         key = f"{PREFIX}{key_id}_{secret}"
         expires = datetime.now(UTC) + expires_in if expires_in else None
         with self.engine.begin() as conn:
             conn.execute(
-                text("""INSERT INTO kb_api_keys (id, hash, "user", role, kind, expires_at, note, groups)
-                        VALUES (:id, :hash, :user, :role, :kind, :expires, :note, CAST(:groups AS jsonb))"""),
+                text("""INSERT INTO kb_api_keys (id, hash, "user", role, kind, expires_at, note, groups, gateway)
+                        VALUES (:id, :hash, :user, :role, :kind, :expires, :note, CAST(:groups AS jsonb), :gateway)"""),
                 {"id": key_id, "hash": hash_key(key), "user": user, "role": role, "kind": kind, "expires": expires,
-                 "note": note, "groups": _json_list(groups)},
+                 "note": note, "groups": _json_list(groups), "gateway": gateway},
             )  # fmt: skip
         record = self.get(key_id)
         assert record is not None
@@ -153,11 +159,11 @@ class KeyStore:
         self.engine.dispose()
 
 
-_COLUMNS = 'id, "user", role, kind, created_at, expires_at, revoked_at, last_used_at, note, groups'
+_COLUMNS = 'id, "user", role, kind, created_at, expires_at, revoked_at, last_used_at, note, groups, gateway'
 
 
 def _record(row: Any) -> KeyRecord:
-    return KeyRecord(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], tuple(row[9] or ()))
+    return KeyRecord(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], tuple(row[9] or ()), bool(row[10]))
 
 
 def _json_list(values: Sequence[str]) -> str:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from kb.access.identity import Identity
 
@@ -28,7 +28,7 @@ class RoleSpec(BaseModel):
 
 
 class RolesConfig(BaseModel):
-    """The roles file: roles, identity-provider groups mapped to roles, default limits."""
+    """The roles file: roles, identity-provider groups and user names mapped to roles, default limits."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -36,18 +36,33 @@ class RolesConfig(BaseModel):
     max_open_sessions: int = Field(default=10, ge=1, le=10_000)
     roles: dict[str, RoleSpec]
     groups: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    # Keys lower-cased: a forwarded user is their lower-cased e-mail, and e-mail addresses are compared case-blind.
+    users: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+
+    @field_validator("users")
+    @classmethod
+    def _users_case_blind(cls, users: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        folded: dict[str, tuple[str, ...]] = {}
+        for name, roles in users.items():
+            key = name.strip().lower()
+            if not key or key in folded:
+                raise ValueError(f"users: {name!r} is empty or named twice (names are compared case-blind)")
+            folded[key] = roles
+        return folded
 
     @model_validator(mode="after")
     def _groups_name_known_roles(self) -> RolesConfig:
-        unknown = sorted({r for roles in self.groups.values() for r in roles} - set(self.roles))
-        if unknown:
-            raise ValueError(f"groups map to undefined role(s): {', '.join(unknown)}")
+        for field, mapping in (("groups", self.groups), ("users", self.users)):
+            unknown = sorted({r for roles in mapping.values() for r in roles} - set(self.roles))
+            if unknown:
+                raise ValueError(f"{field} map to undefined role(s): {', '.join(unknown)}")
         return self
 
     def roles_of(self, identity: Identity) -> tuple[str, ...]:
-        """The identity's own roles (API keys) plus those its groups map to; unknown roles are dropped."""
+        """The identity's own roles (API keys) plus those its groups and its user name map to; unknown roles are dropped."""
         mapped = (r for g in identity.groups for r in self.groups.get(g, ()))
-        return tuple(dict.fromkeys(r for r in (*identity.roles, *mapped) if r in self.roles))
+        named = self.users.get(identity.user.lower(), ())
+        return tuple(dict.fromkeys(r for r in (*identity.roles, *mapped, *named) if r in self.roles))
 
     def access(self, identity: Identity, collections: Iterable[str], connectors: Iterable[str]) -> Access:
         """What `identity` may read among the configured `collections` and `connectors`."""
@@ -101,6 +116,27 @@ class Access:
         if refused:
             raise PermissionError(f"role(s) {', '.join(self.roles) or 'none'} may not read collection(s) {', '.join(refused)}")
         return list(requested)
+
+    def capped_by(self, cap: Access) -> Access:
+        """This access, never beyond `cap`'s: a gateway's forwarded user reads only what both they and the gateway key
+        may. The user, roles and rate limit stay this one's."""
+        return replace(
+            self,
+            collections=self.collections & cap.collections,
+            connectors=self.connectors & cap.connectors,
+            groups=_capped_groups(self.groups, cap.groups),
+            read_others_sessions=self.read_others_sessions and cap.read_others_sessions,
+            admin=self.admin and cap.admin,
+        )
+
+
+def _capped_groups(own: tuple[str, ...] | None, cap: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """Every document (None) only when both see every document. Two group lists intersect: a document reachable
+    through a group both hold is readable by both; one each reaches through different groups is left out (a safe
+    under-approximation, as a single list cannot say "readable by both")."""
+    if own is None or cap is None:
+        return cap if own is None else own
+    return tuple(g for g in own if g in cap)
 
 
 def load_roles(path: Path) -> RolesConfig:

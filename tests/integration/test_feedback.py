@@ -25,17 +25,12 @@ from prometheus_client import CollectorRegistry
 from api.main import create_app
 from api.metrics import REGISTRY, UsageCollector, answer_outcome, register_usage_collector
 from api.routes import feedback as feedback_routes
-from api.state import AppState
 from assets.collections import CollectionSpec
-from assets.index import PgVectorIndex
 from kb.access.keys import KeyStore
-from kb.access.roles import load_roles
-from kb.settings import PROJECT_ROOT, APISettings, AuthSettings, LLMSettings, PlatformSettings
-from query_engine.engine import Answer, AnswerEngine
+from query_engine.engine import Answer
 from query_engine.feedback import FeedbackStore
 from query_engine.memory import RetentionPolicy, SessionStore
-from query_engine.rerank import EvidenceReranker
-from tests.conftest import free_port
+from tests.conftest import free_port, no_llm_app_state
 
 SECRET = "password=Hunter2-very-secret-42"
 TOKEN = "ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"
@@ -68,13 +63,9 @@ def platform(database: str, tmp_path: Path, embedder: Any, sample_specs: list[Co
     keys = KeyStore(database)
     tokens = {user: keys.create(user, role)[0] for user, role in
               (("ana", "viewer"), ("bob", "viewer"), ("ada", "admin"), ("audrey", "auditor"))}  # fmt: skip
-    store = SessionStore(database)
-    index = PgVectorIndex(database)
     docs = [s for s in sample_specs if s.name == "technical_docs"]  # a viewer reads it; nothing is indexed in it
-    engine = AnswerEngine(index, embedder, [s.name for s in docs], EvidenceReranker(), None)
-    state = AppState(PlatformSettings(data_dir=tmp_path), APISettings(), LLMSettings(), docs, index, engine, store, database,
-                     f"http://127.0.0.1:{free_port()}/v1", auth=AuthSettings(mode="on"),
-                     roles=load_roles(PROJECT_ROOT / "roles.yaml"), audit_key=b"feedback-test-audit-key-32-bytes")  # fmt: skip
+    state = no_llm_app_state(database, tmp_path, embedder, docs, b"feedback-test-audit-key-32-bytes")
+    store, index = state.sessions, state.index
     app = create_app(state)
     if not any(getattr(r, "path", "").startswith("/v1/messages/") for r in app.routes):  # until api/main.py includes it
         app.include_router(feedback_routes.router)

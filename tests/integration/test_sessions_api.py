@@ -15,16 +15,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from api.state import AppState
 from assets.collections import CollectionSpec
-from assets.index import PgVectorIndex
 from kb.access.keys import KeyStore
-from kb.access.roles import load_roles
-from kb.settings import PROJECT_ROOT, APISettings, AuthSettings, LLMSettings, PlatformSettings
-from query_engine.engine import AnswerEngine
 from query_engine.memory import SessionStore
-from query_engine.rerank import EvidenceReranker
-from tests.conftest import free_port
+from tests.conftest import no_llm_app_state
 
 SOURCES = [{"n": 1, "collection": "runbooks", "path": "kafka-lag.md", "section": "Scaling", "score": 0.81, "cited": True}]
 TOKEN = "ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"
@@ -46,13 +40,9 @@ def platform(database: str, tmp_path: Path, embedder: Any, sample_specs: list[Co
     """The app with sign-in on: ana and bob are viewers, audrey an auditor (reads others' sessions)."""
     keys = KeyStore(database)
     tokens = {user: keys.create(user, role)[0] for user, role in (("ana", "viewer"), ("bob", "viewer"), ("audrey", "auditor"))}
-    store = SessionStore(database)
-    index = PgVectorIndex(database)
-    docs = [s for s in sample_specs if s.name == "technical_docs"]
-    engine = AnswerEngine(index, embedder, [s.name for s in docs], EvidenceReranker(), None)
-    state = AppState(PlatformSettings(data_dir=tmp_path), APISettings(), LLMSettings(), docs, index, engine, store, database,
-                     f"http://127.0.0.1:{free_port()}/v1", auth=AuthSettings(mode="on"),
-                     roles=load_roles(PROJECT_ROOT / "roles.yaml"), audit_key=b"sessions-test-audit-key-32-bytes")  # fmt: skip
+    docs = [s for s in sample_specs if s.name == "technical_docs"]  # a viewer reads it; nothing is indexed in it
+    state = no_llm_app_state(database, tmp_path, embedder, docs, b"sessions-test-audit-key-32-bytes")
+    store, index = state.sessions, state.index
     try:
         with TestClient(create_app(state)) as client:
             yield Platform(client, store, database, tokens)
