@@ -96,3 +96,20 @@ def no_llm_app_state(database: str, data_dir: Path, embedder, specs: list[Collec
     return AppState(PlatformSettings(data_dir=data_dir), APISettings(), LLMSettings(), specs, index, engine,
                     SessionStore(database), database, f"http://127.0.0.1:{free_port()}/v1", auth=AuthSettings(mode="on"),
                     roles=load_roles(PROJECT_ROOT / "roles.yaml"), audit_key=audit_key)  # fmt: skip
+
+
+def stop_process_group(process, sig: int, timeout_s: float) -> bool:  # type: ignore[no-untyped-def]
+    """Signal a process group started with start_new_session and wait; past `timeout_s` it is killed (and reaped).
+    Whether it stopped on the signal."""
+    import os
+    import signal
+    import subprocess
+
+    os.killpg(process.pid, sig)
+    try:
+        process.wait(timeout=timeout_s)
+        return True
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        return False

@@ -74,7 +74,7 @@ async def chat_completions(
     `url_citation` annotations; a client's housekeeping prompts get a plain short answer instead."""
     if body.model != UTILITY_MODEL and body.model not in state.model_names:
         raise HTTPException(404, f"unknown model {body.model!r}; available: {', '.join([*state.model_names, UTILITY_MODEL])}")
-    kind = "utility" if body.model == UTILITY_MODEL else housekeeping_kind(body.messages)
+    kind = housekeeping_kind(body.messages) or ("utility" if body.model == UTILITY_MODEL else None)
     if kind is not None:  # never retrieval, never the session store
         return await _housekeeping(state, body, kind)
     readable = readable_collections(caller, body.collections)

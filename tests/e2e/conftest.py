@@ -20,9 +20,10 @@ import pytest
 import yaml
 
 from kb.settings import PROJECT_ROOT
-from tests.conftest import SAMPLES, free_port
+from tests.conftest import SAMPLES, free_port, stop_process_group
 
 WEBHOOK_SECRET = "e2e-webhook-secret"
+FORWARDED_USERS = {"admin@example.com": ["devops"], "vera@example.com": ["viewer"]}
 
 
 KEY = re.compile(r"kb_[0-9a-f]{12}_[A-Za-z0-9_-]{43}")
@@ -88,13 +89,16 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
         body["source"]["path"] = str(knowledge_base / name)
     (root / "collections.yaml").write_text(yaml.safe_dump(config))
     (root / "connectors.yaml").write_text(_connectors_on_free_ports())
+    roles = yaml.safe_load((PROJECT_ROOT / "roles.yaml").read_text())
+    roles["users"] = FORWARDED_USERS  # the people a gateway (Open WebUI) forwards: test_openwebui_shapes.py
+    (root / "roles.yaml").write_text(yaml.safe_dump(roles))
     ports = {name: free_port() for name in ("KB_POSTGRES_PORT", "KB_DAGSTER_PORT", "KB_API_PORT", "KB_LLM_PORT")}
     env = {
         **os.environ, **{k: str(v) for k, v in ports.items()},
         "KB_DATA_DIR": str(root / "data"), "KB_COLLECTIONS_FILE": str(root / "collections.yaml"),
         "KB_LLM_MODEL": "qwen2.5-coder-0.5b-instruct", "KB_LLM_CONTEXT_WINDOW": "4096", "KB_LLM_MAX_ANSWER_TOKENS": "256",
         "KB_API_WEBHOOK_SECRET": WEBHOOK_SECRET, "KB_LLM_TIMEOUT_S": "900",
-        "KB_CONNECTORS_FILE": str(root / "connectors.yaml"),
+        "KB_CONNECTORS_FILE": str(root / "connectors.yaml"), "KB_AUTH_ROLES_FILE": str(root / "roles.yaml"),
     }  # fmt: skip
     log = root / "up.log"
     with log.open("wb") as out:
@@ -114,12 +118,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatfo
             admin_key=printed[0],
         )
     finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            raise
+        assert stop_process_group(process, signal.SIGINT, 120), "kb up did not stop on Ctrl-C within 120 s"
     # Ctrl-C stops everything it started, PostgreSQL included.
     assert "stopping" in log.read_text(errors="replace")
     assert not (root / "data" / "postgres" / "postmaster.pid").exists()
