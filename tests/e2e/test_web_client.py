@@ -20,6 +20,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
+from api.citations import chunk_url
 from api.state import static_dir
 from query_engine.memory import SessionStore
 from tests.e2e.conftest import RunningPlatform
@@ -362,6 +363,22 @@ class Walk:
         assert page.evaluate("navigator.clipboard.readText()") == "<b>kept as text</b>\n"
         assert self.http.delete(f"/v1/sessions/{hostile}").status_code == 204
 
+    def open_linked_source(self) -> None:
+        """A citation link from another client (Open WebUI's sources, api/citations.py) opens that chunk beside a new chat."""
+        page, source = self.page, next(s for s in self.answer["sources"] if s["cited"])
+        page.goto(chunk_url(self.api, source))
+        page.reload()  # a new tab in practice: the page loads with the link's fragment (the sign-in is kept in the tab)
+        expect(page.locator("#panel")).to_be_visible()
+        expect(page.locator("#panel-collection")).to_have_text(source["collection"])
+        expect(page.locator("#panel-path")).to_have_text(source["path"])
+        expect(page.locator("#panel-doc section.chunk").first).to_be_visible()
+        if source["section"]:
+            expect(page.locator("#panel-doc section.chunk.cited h4")).to_have_text(source["section"])
+        assert page.evaluate("location.hash") == ""  # the link is consumed: a reload shows a new chat
+        page.keyboard.press("Escape")
+        expect(page.locator("#panel")).to_be_hidden()
+        self.open_conversation(self.live)  # back to the conversation the walk goes on with
+
     def close(self) -> None:
         self.http.close()
         assert not self.errors, self.errors
@@ -386,6 +403,7 @@ def journey(api: str, key: str, user: str, database_url: str, shots: Shots) -> N
         walk.shift_enter_is_a_new_line()
         walk.ask()
         walk.open_citation()
+        walk.open_linked_source()
         walk.ask_with_filters()
         walk.switch_to(older)
         walk.search(older)
