@@ -31,8 +31,7 @@ MAX_JWT_CHARS = 8192  # a real token is ~300 characters; bounds the work a heade
 MAX_NAME_CHARS = 200  # as an API key's user
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _PRINTABLE = re.compile(r"[^\x00-\x20\x7f]+")  # one word: no spaces, no control characters
-# Not in identity.Method's Literal yet; "forwarded" is what Identity.method says for these users.
-FORWARDED: Method = "forwarded"
+FORWARDED: Method = "forwarded"  # what Identity.method says for these users
 
 # Most specific first: pyjwt's errors form a hierarchy (InvalidSignatureError is a DecodeError, all are InvalidTokenError).
 _REFUSALS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
