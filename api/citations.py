@@ -38,9 +38,9 @@ def url_citations(content: str, sources: list[dict[str, Any]], base_url: str) ->
     cited = [n for n in positions if n in by_number]
     if not cited:
         return []
-    annotations = []
+    last, annotations = max(cited), []
     for n in sorted(by_number):
-        if n > max(cited):
+        if n > last:
             break
         source = by_number[n]
         url, title = chunk_url(base_url, source), citation_title(source)

@@ -115,10 +115,10 @@ async def chat_completions(
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from exc
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-    base_url = state.api.public_url or str(request.base_url)
+    base_url, route = state.api.public_url or str(request.base_url), {"task": task, "model": model}
     if body.stream:
         return StreamingResponse(
-            _sse(state, body.model, completion_id, session_id, first, events, base_url, {"task": task, "model": model}),
+            _sse(state, body.model, completion_id, session_id, first, events, base_url, route),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -129,7 +129,7 @@ async def chat_completions(
     assert answer is not None
     sources, message_id = await _finish(state, session_id, answer)
     extra = {"steps": [s.step() for s in answer.steps]} if isinstance(answer, AgentAnswer) else {}
-    extra["route"] = {"task": task, "model": model}
+    extra["route"] = route
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -312,7 +312,7 @@ async def _housekeeping(state: AppState, body: ChatCompletionRequest, kind: str)
     if body.stream:  # short enough to send whole: one delta, then the end
         chunks = [_chunk(completion_id, body.model, {"role": "assistant", "content": text}),
                   _chunk(completion_id, body.model, {}, "stop", **extra), "data: [DONE]\n\n"]  # fmt: skip
-        return StreamingResponse(_replay(chunks), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(iter(chunks), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -321,8 +321,3 @@ async def _housekeeping(state: AppState, body: ChatCompletionRequest, kind: str)
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
         **extra,
     }
-
-
-async def _replay(chunks: list[str]) -> AsyncIterator[str]:
-    for chunk in chunks:
-        yield chunk
