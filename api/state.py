@@ -188,7 +188,8 @@ def build_state() -> AppState:
                     llm_settings.max_answer_tokens, llm_settings.timeout_s)  # fmt: skip
     reranker = default_reranker(str(api.reranker_model_dir) if api.reranker_model_dir else None, embedder, specs)
     engine = AnswerEngine(index, embedder, [s.name for s in specs], reranker, llm, llm_settings.context_window,
-                          llm_settings.max_answer_tokens, dense_languages=embedding.languages)  # fmt: skip
+                          llm_settings.max_answer_tokens, dense_languages=embedding.languages,
+                          source_tokens=llm_settings.source_tokens)  # fmt: skip
     return AppState(platform, api, llm_settings, specs, index, engine, SessionStore(url), url, base_url,
                     load_connectors(connectors_file()), auth, load_roles(auth.roles_file))  # fmt: skip
 

@@ -201,6 +201,7 @@ class Row:
     f1: float | None = None
     judge: dict[str, int] | None = None
     unsupported_commands_or_paths: list[str] = field(default_factory=list)
+    prompt_tokens: int = 0  # the engine's estimate of the prompt (0: refused before any LLM call)
 
     @property
     def cited_relevant(self) -> list[str]:
@@ -211,7 +212,7 @@ class Row:
             "id": self.probe.id, "kind": self.probe.kind, "question": self.probe.text,
             "answer": self.answer[:ANSWER_CHARS], "seconds": round(self.seconds, 2), "refused": self.refused,
             "cited": self.cited, "grounding": self.grounding,
-            "unsupported_commands_or_paths": self.unsupported_commands_or_paths,
+            "unsupported_commands_or_paths": self.unsupported_commands_or_paths, "prompt_tokens": self.prompt_tokens,
         }  # fmt: skip
         if self.probe.kind == "answerable":
             row |= {"references": list(self.probe.references), "relevant": sorted(self.probe.relevant),
@@ -226,7 +227,7 @@ def score(probe: Probe, answer: Answer, seconds: float, doc_of_file: dict[str, s
     invented = [i for i in grounding.get("unsupported_identifiers") or [] if looks_like_command_or_path(str(i))]
     row = Row(probe, answer.text, seconds, refused(answer.text),
               sorted({doc_of_file.get(s.doc_id, s.doc_id) for s in answer.sources if s.cited}), grounding,
-              unsupported_commands_or_paths=invented)  # fmt: skip
+              unsupported_commands_or_paths=invented, prompt_tokens=answer.prompt_tokens)  # fmt: skip
     if probe.kind == "answerable":
         row.contains = any(contains(answer.text, r) for r in probe.references)
         row.f1 = max(token_f1(answer.text, r) for r in probe.references)
@@ -264,6 +265,13 @@ def summarise(rows: Sequence[Row]) -> dict[str, Any]:
         "refused_answerable_by_model": round(
             sum(r.refused and bool(r.grounding.get("model_refused")) for r in answerable) / n, 4
         ),
+        # Refusals the engine replaced by the closest source passage quoted (engine.py), and how many of those hold
+        # the reference answer.
+        "answers_quoting_closest_passage": round(sum(bool(r.grounding.get("closest_passage")) for r in answerable) / n, 4),
+        "quotes_containing_the_answer": _share(
+            sum(bool(r.contains) for r in answerable if r.grounding.get("closest_passage")),
+            sum(bool(r.grounding.get("closest_passage")) for r in answerable),
+        ),
         "answers_with_grounding_report": _share(len(reported), len(stated)),
         **grounding,
         "judged_groundedness": _share(sum(j["supported"] for j in judged), sum(j["statements"] for j in judged)),
@@ -274,6 +282,8 @@ def summarise(rows: Sequence[Row]) -> dict[str, Any]:
         "off_topic_refusal_rate": _share(sum(r.refused for r in off_topic), len(off_topic)),
         "off_topic_citing_rate": _share(sum(bool(r.cited) for r in off_topic), len(off_topic)),
         "seconds_per_answer": round(sum(r.seconds for r in rows) / max(len(rows), 1), 2),
+        # Prompt size of the answers the LLM wrote (what the time to the first token grows with on a CPU).
+        "prompt_tokens_per_llm_answer": _share(sum(r.prompt_tokens for r in rows), sum(r.prompt_tokens > 0 for r in rows)),
     }
 
 
@@ -337,7 +347,8 @@ def evaluate_answers(
     with ingested(evalset, platform, embedder, console) as (built, index, name):
         model = build_llm(llm.backend, llm_url, llm.model, llm.api_key, llm.context_window, llm.max_answer_tokens, llm.timeout_s)
         engine = AnswerEngine(index, embedder, [built.collection], default_reranker(embedder=embedder, specs=[built.spec]), model,
-                              llm.context_window, llm.max_answer_tokens, dense_languages=embedding.languages)  # fmt: skip
+                              llm.context_window, llm.max_answer_tokens, dense_languages=embedding.languages,
+                              source_tokens=llm.source_tokens)  # fmt: skip
         judge_model = GroundednessJudge.from_settings(llm, llm_url) if judge else None
         rows = []
         with console.status(f"asking {len(asked)} questions ({llm.model})") as status:

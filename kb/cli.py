@@ -507,6 +507,25 @@ def eval_calibrate(
     _emit(result, as_json)
 
 
+@eval_app.command("quote-threshold")
+def eval_quote_threshold(
+    evalsets: Annotated[Path, typer.Option(help="The folder of evaluation sets (dev splits).")] = Path("../shared/evalsets"),
+    limit: Annotated[int, typer.Option(help="Answerable questions per case.")] = 120,
+    probes: Annotated[int, typer.Option(help="No-answer and off-topic probes per case.")] = 20,
+    as_json: JsonFlag = False,
+) -> None:
+    """How strong the closest source sentence must be before it is quoted in place of a refusal: the
+    curve of quoted answerable and unanswerable dev questions by threshold (no LLM needed)."""
+    from evals.cli_support import write_result
+    from evals.quote import quote_threshold
+
+    if not evalsets.is_dir():
+        raise typer.BadParameter(f"{evalsets} is not a folder of evaluation sets")
+    result = quote_threshold(evalsets, limit, probes, console)
+    result["results_file"] = str(write_result("quote", "closest_passage", result))
+    _emit({k: v for k, v in result.items() if k != "samples"}, as_json)
+
+
 @bench_app.command("query")
 def bench_query(
     sizes: Annotated[str, typer.Option(help="Index sizes in chunks, comma-separated.")] = "10000,100000",

@@ -117,6 +117,12 @@ class LLMSettings(BaseSettings):
     port: int = Field(default=8081, description="Port of the embedded llama.cpp server.")
     context_window: int = Field(default=8192)
     max_answer_tokens: int = Field(default=512)
+    source_tokens: int = Field(
+        default=900,
+        ge=0,
+        description="Tokens of the sources an answer's prompt carries: prose sources are cut to their sentences that bear "
+        "on the question (query_engine/context.py); 0 shows whole sources up to the context window.",
+    )
     threads: int = Field(default=2)
     timeout_s: float = Field(default=120.0)
     routes: dict[str, str] = Field(

@@ -144,6 +144,7 @@ class GroundingReport:
     unsupported_identifiers: list[str] = field(default_factory=list)
     refused_after_grounding: bool = False  # nothing the model wrote was left to say
     model_refused: bool = False  # the model itself wrote the not-found sentence (so grounding refused nothing it said)
+    closest_passage: bool = False  # the engine quoted the closest source sentence instead of the refusal (engine.py)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -12,6 +12,13 @@ NOT_FOUND = {
     "zh": "我在知识库中没有找到这个问题的答案。",
 }
 
+# Said before the source sentence quoted when the model found no answer in sources judged relevant.
+CLOSEST_PASSAGE = {
+    "en": "The sources do not state the answer in so many words; the closest passage is [{n}]:",
+    "ru": "Прямого ответа в источниках нет; ближе всего к вопросу этот фрагмент [{n}]:",
+    "zh": "资料没有直接给出答案；最接近的原文见 [{n}]：",
+}
+
 SYSTEM_PROMPT = """You are the knowledge assistant of an engineering team.
 Answer the question using only the numbered sources below.
 Rules:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 from threading import Lock
@@ -93,9 +93,10 @@ class SentenceVectors:
     """Sentence vectors of chunk texts from a (fast) multilingual encoder, cached by chunk text: the
     same chunks come back for related questions, and encoding them is most of this stage's cost."""
 
-    def __init__(self, encoder: Embedder, capacity: int = 20_000) -> None:
+    def __init__(self, encoder: Embedder, capacity: int = 20_000, split: Callable[[str], list[str]] | None = None) -> None:
         self.encoder = encoder
         self.capacity = capacity
+        self.split = split or sentences  # the units a text's vectors stand for, in order
         self._cache: OrderedDict[str, NDArray[np.float32]] = OrderedDict()
         self._lock = Lock()
 
@@ -103,7 +104,7 @@ class SentenceVectors:
         with self._lock:
             missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
         if missing:
-            split = [sentences(t) or [t[:500]] for t in missing]
+            split = [self.split(t) or [t[:500]] for t in missing]
             flat = self.encoder.embed_passages([s for parts in split for s in parts])
             with self._lock:
                 start = 0

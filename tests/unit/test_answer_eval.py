@@ -139,3 +139,17 @@ def test_the_judge_asks_per_cited_source_until_one_states_the_sentence() -> None
     assert len(llm.prompts) == 3 and llm.replies == []
     assert llm.prompts[0].startswith("Source:\nsource 1 text") and "Statement: Short led the team in sacks ." in llm.prompts[0]
     assert llm.prompts[0].endswith("Does the source state this? Answer yes or no.")
+
+
+def test_quotes_in_place_of_a_refusal_and_prompt_sizes_are_counted_apart() -> None:
+    probe = Probe("q1", "answerable", "Кто лидировал по мешкам?", ("Kawann Short",), frozenset({"p001"}))
+    quote = {**_report(2, 1, 1), "withheld_sentences": 1, "closest_passage": True, "model_refused": True}
+    quoted = _answer("Ближе всего [1]:\n\n> Kawann Short led the team with 11 sacks. [1]", cited=(1,), grounding=quote)
+    quoted.prompt_tokens = 600
+    missed = _answer("Ближе всего [1]:\n\n> The Panthers defense gave up 308 points. [1]", cited=(1,), grounding=quote)
+    missed.prompt_tokens = 400
+    rows = [score(probe, quoted, 1, {}), score(probe, missed, 1, {}), score(probe, _answer(NOT_FOUND["ru"], grounding={}), 1, {})]
+    figures = summarise(rows)
+    assert figures["answers_quoting_closest_passage"] == 0.6667 and figures["quotes_containing_the_answer"] == 0.5
+    assert figures["prompt_tokens_per_llm_answer"] == 500.0, "a refusal before any LLM call has no prompt"
+    assert rows[0].as_dict()["prompt_tokens"] == 600

@@ -217,6 +217,7 @@ def test_the_engine_answer_carries_the_grounding_report(sources: list[SourceRef]
     engine = AnswerEngine.__new__(AnswerEngine)
     engine.embedder = None  # type: ignore[assignment]
     engine.context_window, engine.max_answer_tokens = 4096, 256
+    engine.context_vectors, engine.source_tokens = None, 0
     engine.retrieve = lambda *args: Retrieval(sources, {}, True)  # type: ignore[method-assign]
     answer_text = "Run `./fix_ledger.sh` now [2]. Never edit ledger entries by hand [1]."
 
@@ -242,6 +243,7 @@ def test_the_engine_still_reports_a_dead_llm_while_grounding_prepares(
     engine = AnswerEngine.__new__(AnswerEngine)
     engine.embedder = encoder
     engine.context_window, engine.max_answer_tokens = 4096, 256
+    engine.context_vectors, engine.source_tokens = None, 0
     engine.retrieve = lambda *args: Retrieval(sources, {}, True)  # type: ignore[method-assign]
 
     async def run() -> None:
