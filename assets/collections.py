@@ -41,6 +41,9 @@ class CollectionSpec(BaseModel, frozen=True):
     # How much reranking trusts the dense score against BM25 in this collection (query time only, so not
     # part of the fingerprint); chosen per kind of content on the dev splits (README, "Retrieval quality").
     dense_weight: float = Field(default=0.7, ge=0.0, le=1.0)
+    # How much a chunk gains from its document's second-best chunk (several chunks of one document on the
+    # question); 0 where it measurably hurt (manifests: one file holding many resources is not more relevant).
+    document_weight: float = Field(default=0.1, ge=0.0, le=1.0)
 
     @field_validator("name")
     @classmethod

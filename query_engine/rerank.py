@@ -150,6 +150,9 @@ class EvidenceReranker(BaseNodePostprocessor):
     cross_language_dense_weight: float = Field(default=0.9, description="dense_weight for a chunk in another language.")
     field_weight: float = Field(default=0.1, description="Weight of query terms matched in title/path/headings.")
     document_weight: float = Field(default=0.1, description="Weight of the document's second-best chunk score.")
+    collection_document_weights: dict[str, float] = Field(
+        default_factory=dict, description="document_weight by collection, where set."
+    )
     top_n: int | None = Field(default=None, description="How many nodes to keep (all when None).")
     sentence_candidates: int = Field(default=30, description="Leading candidates that get sentence evidence.")
     sentence_languages: tuple[str, ...] = Field(default=("ru", "zh"), description="Query languages given sentence evidence.")
@@ -170,6 +173,9 @@ class EvidenceReranker(BaseNodePostprocessor):
         if metadata.get("lang") not in (None, query_language):
             return self.cross_language_dense_weight
         return self.collection_weights.get(str(metadata.get("collection")), self.dense_weight)
+
+    def _document_weight(self, node: NodeWithScore) -> float:
+        return self.collection_document_weights.get(str(node.node.metadata.get("collection")), self.document_weight)
 
     def _dense_evidence(self, nodes: list[NodeWithScore], query: str) -> dict[int, float]:
         dense = {i: m["dense_score"] for i, n in enumerate(nodes) if (m := n.node.metadata).get("dense_score") is not None}
@@ -204,7 +210,7 @@ class EvidenceReranker(BaseNodePostprocessor):
         rescored = [
             NodeWithScore(
                 node=node.node,
-                score=base[i] + self.document_weight * support[str(node.node.metadata.get("doc_id", node.node.node_id))],
+                score=base[i] + self._document_weight(node) * support[str(node.node.metadata.get("doc_id", node.node.node_id))],
             )
             for i, node in enumerate(nodes)
         ]
@@ -220,4 +226,8 @@ def default_reranker(
     if model_dir:
         return CrossEncoderReranker(model_dir=model_dir)
     encoder = multilingual_encoder(embedder) if embedder is not None else None
-    return EvidenceReranker(encoder=encoder, collection_weights={s.name: s.dense_weight for s in specs})
+    return EvidenceReranker(
+        encoder=encoder,
+        collection_weights={s.name: s.dense_weight for s in specs},
+        collection_document_weights={s.name: s.document_weight for s in specs},
+    )

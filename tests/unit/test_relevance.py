@@ -101,6 +101,25 @@ def test_bm25_counts_less_for_a_chunk_in_another_language_than_the_question() ->
     assert reranker._dense_weight(unknown, "ru") == reranker.dense_weight
 
 
+def test_a_collection_without_document_evidence_ranks_its_chunks_by_their_own_scores() -> None:
+    """k8s manifests (document_weight 0): a file holding many matching resources does not lift its weaker
+    chunk above a better chunk of another file; elsewhere the document's second chunk still counts."""
+    from llama_index.core.schema import QueryBundle
+
+    def ranked(document_weights: dict[str, float]) -> list[str]:
+        reranker = EvidenceReranker(collection_weights={"k8s": 1.0}, collection_document_weights=document_weights)
+        chunks = [
+            node("deployment a", collection="k8s", doc_id="many.yaml", dense_score=0.70, id="many-1"),
+            node("service a", collection="k8s", doc_id="many.yaml", dense_score=0.69, id="many-2"),
+            node("deployment b", collection="k8s", doc_id="one.yaml", dense_score=0.695, id="one"),
+            node("configmap", collection="k8s", doc_id="far.yaml", dense_score=0.50, id="far"),
+        ]
+        return [n.node.metadata["id"] for n in reranker.postprocess_nodes(chunks, QueryBundle("zzz"))]
+
+    assert ranked({"k8s": 0.0}) == ["many-1", "one", "many-2", "far"]
+    assert ranked({}) == ["many-1", "many-2", "one", "far"]
+
+
 def test_sentences_split_prose_in_every_script() -> None:
     assert sentences("Retries run every 30 minutes. The batch is idempotent! Can it be re-run? Yes.") == [
         "Retries run every 30 minutes.",
