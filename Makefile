@@ -4,7 +4,7 @@ UV := python3 -m uv
 export HF_HUB_OFFLINE := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup browser docker ldap prometheus deploy-tools up test test-fast lint bench eval e2e-openwebui
+.PHONY: setup browser docker ldap prometheus deploy-tools redis up test test-fast lint bench eval e2e-openwebui
 
 # torch 2.13.0: the CPU wheel in /opt/wheels where it exists (group torch-local, a default group), else the registry's
 # Linux build with its CUDA packages (group torch-pypi: 2.6 GB more to download, .venv 8.3 GB instead of 4.5 GB).
@@ -51,10 +51,14 @@ prometheus:
 deploy-tools:
 	(command -v docker-compose >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1) || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose nginx-light >/dev/null)
 
+# Debian's Redis for the shared-cache tests (tests/redis_server.py starts its own redis-server on loopback).
+redis:
+	command -v redis-server >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null)
+
 up: setup
 	$(UV) run --frozen kb up
 
-test: setup browser docker ldap prometheus deploy-tools
+test: setup browser docker ldap prometheus deploy-tools redis
 	$(UV) run --frozen pytest -m "not openwebui"
 
 # Opt-in, outside CI's time budget: installs Open WebUI into .venv-openwebui and drives it against kb up.

@@ -26,6 +26,7 @@ from kb.settings import (
     AgentSettings,
     APISettings,
     AuthSettings,
+    CacheSettings,
     EmbeddingSettings,
     IndexSettings,
     LLMSettings,
@@ -34,6 +35,7 @@ from kb.settings import (
 )
 from pipelines.definitions import database_url
 from query_engine.agent import Agent
+from query_engine.cache import build_cache
 from query_engine.engine import AnswerEngine
 from query_engine.knowledge import EngineKnowledgeBase
 from query_engine.llm import build_llm
@@ -187,9 +189,11 @@ def build_state() -> AppState:
     llm = build_llm(llm_settings.backend, base_url, llm_settings.model, llm_settings.api_key, llm_settings.context_window,
                     llm_settings.max_answer_tokens, llm_settings.timeout_s)  # fmt: skip
     reranker = default_reranker(str(api.reranker_model_dir) if api.reranker_model_dir else None, embedder, specs)
+    caching = CacheSettings()
+    cache = build_cache(caching.enabled, caching.redis_url, caching.ttl_s, caching.max_entries)
     engine = AnswerEngine(index, embedder, [s.name for s in specs], reranker, llm, llm_settings.context_window,
                           llm_settings.max_answer_tokens, dense_languages=embedding.languages,
-                          source_tokens=llm_settings.source_tokens)  # fmt: skip
+                          source_tokens=llm_settings.source_tokens, cache=cache)  # fmt: skip
     return AppState(platform, api, llm_settings, specs, index, engine, SessionStore(url), url, base_url,
                     load_connectors(connectors_file()), auth, load_roles(auth.roles_file))  # fmt: skip
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -113,6 +114,12 @@ class VectorIndex(ABC):
     def drop_collection(self, collection: str) -> None: ...
 
     @abstractmethod
+    def versions(self, collections: Sequence[str]) -> dict[str, str]:
+        """Each collection's index version: changed by every write and drop (a reindex, a deleted document, an
+        ACL change rewriting chunks' groups), never repeated, shared by every process on this index. Caches of
+        retrievals and answers (query_engine/cache.py) key on it. A collection never written has '0'."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
     def document_hashes(self, collection: str) -> dict[str, str]:
@@ -199,12 +206,38 @@ class PgVectorIndex(VectorIndex):
         conn.execute("SET hnsw.ef_search = 200")
         conn.execute("SET hnsw.iterative_scan = relaxed_order")
         conn.execute("SET maintenance_work_mem = '256MB'")
+        PgVectorIndex._ensure_versions(conn)
         from psycopg import errors
 
         try:
             conn.execute(f"SET client_connection_check_interval = '{CLIENT_CHECK_INTERVAL}'")
         except (errors.InvalidParameterValue, errors.UndefinedObject):  # no kernel support, or PostgreSQL < 14
             pass
+
+    @staticmethod
+    def _ensure_versions(conn: Any) -> None:
+        """The table of index versions. A version is a random UUID, not a counter: a counter starts again in a
+        recreated or restored database, and a cache shared with the old one (Redis) would serve its entries."""
+        row = conn.execute("SELECT to_regclass('kb_index_versions')").fetchone()
+        if row and row[0]:
+            return
+        with conn.transaction():
+            # Several processes open their first connections at once (API replicas, Dagster steps).
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('kb-index-versions', 0))")
+            conn.execute("CREATE TABLE IF NOT EXISTS kb_index_versions (collection text PRIMARY KEY, version uuid NOT NULL)")
+
+    @staticmethod
+    def _bump_version(cur: Any, collection: str) -> None:
+        cur.execute(
+            """INSERT INTO kb_index_versions VALUES (%s, gen_random_uuid())
+               ON CONFLICT (collection) DO UPDATE SET version = EXCLUDED.version""",
+            (collection,),
+        )
+
+    def versions(self, collections: Sequence[str]) -> dict[str, str]:
+        rows = self._rows("SELECT collection, version FROM kb_index_versions WHERE collection = ANY(%s)", (list(collections),))
+        found = {name: str(version) for name, version in rows}
+        return {c: found.get(c, "0") for c in collections}
 
     def _on_connection(self, work: Callable[[Any], T]) -> T:
         """`work` on a pooled connection; run again on a fresh one when the connection breaks under it (the server
@@ -260,6 +293,7 @@ class PgVectorIndex(VectorIndex):
             ).fetchone()
             if stored and stored[0] != dimension:
                 conn.execute(f"DROP TABLE {t}, {df}")
+                self._bump_version(conn, collection)
             conn.execute(
                 f"""CREATE TABLE IF NOT EXISTS {t} (
                     id uuid PRIMARY KEY, doc_id text NOT NULL, doc_hash text NOT NULL, chunk_no int NOT NULL,
@@ -320,6 +354,7 @@ class PgVectorIndex(VectorIndex):
             # would drift if two writes interleaved. A transaction lock: a writer that dies drops it with its
             # transaction, so nothing is left to clean up.
             cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"kb-index:{t}",))
+            self._bump_version(cur, collection)  # committed with the rows, so no reader sees new rows under the old one
             cur.execute(f"CREATE TEMP TABLE kb_staging (LIKE {t} INCLUDING DEFAULTS) ON COMMIT DROP")
             with cur.copy(f"COPY kb_staging ({columns}) FROM STDIN") as copy:
                 for p in upserts:
@@ -418,7 +453,12 @@ class PgVectorIndex(VectorIndex):
         return self._hits(rows)
 
     def drop_collection(self, collection: str) -> None:
-        self._rows(f"DROP TABLE IF EXISTS {self._table(collection)}, {self._df_table(collection)}")
+        def drop(conn: Any) -> None:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute(f"DROP TABLE IF EXISTS {self._table(collection)}, {self._df_table(collection)}")
+                self._bump_version(cur, collection)
+
+        self._on_connection(drop)
 
     def close(self) -> None:
         self._pool.close()
@@ -430,6 +470,10 @@ class QdrantIndex(VectorIndex):
 
     DENSE = "dense"
     SPARSE = "bm25"
+    # One point per knowledge-base collection, its payload the index version (Qdrant has no transactions:
+    # the version changes after a write's points, so a reader may cache a result of the new points under the
+    # old version for the moments in between; the next write's version supersedes it).
+    VERSIONS = "kb_index_versions"
 
     def __init__(self, url: str | None = None, path: Path | None = None, api_key: str | None = None) -> None:
         from qdrant_client import QdrantClient
@@ -446,6 +490,7 @@ class QdrantIndex(VectorIndex):
             if isinstance(vectors, dict) and vectors[self.DENSE].size == dimension:
                 return
             self._client.delete_collection(collection)
+            self._bump_version(collection)
         self._client.create_collection(
             collection,
             vectors_config={self.DENSE: models.VectorParams(size=dimension, distance=models.Distance.COSINE)},
@@ -517,6 +562,28 @@ class QdrantIndex(VectorIndex):
             )
         if delete_ids:
             self._client.delete(collection, points_selector=models.PointIdsList(points=list(delete_ids)), wait=True)
+        self._bump_version(collection)
+
+    def _bump_version(self, collection: str) -> None:
+        from qdrant_client import models
+
+        if not self._client.collection_exists(self.VERSIONS):
+            self._client.create_collection(self.VERSIONS, vectors_config={})
+        version = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}"  # never repeated, across processes too
+        payload = {"collection": collection, "version": version}
+        point = models.PointStruct(id=self._version_id(collection), vector={}, payload=payload)
+        self._client.upsert(self.VERSIONS, points=[point], wait=True)
+
+    @staticmethod
+    def _version_id(collection: str) -> str:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"kb-index-version:{collection}"))
+
+    def versions(self, collections: Sequence[str]) -> dict[str, str]:
+        if not collections or not self._client.collection_exists(self.VERSIONS):
+            return dict.fromkeys(collections, "0")
+        ids = [self._version_id(c) for c in collections]
+        found = {p.payload["collection"]: p.payload["version"] for p in self._client.retrieve(self.VERSIONS, ids)}
+        return {c: str(found.get(c, "0")) for c in collections}
 
     def count(self, collection: str) -> int:
         if not self._client.collection_exists(collection):
@@ -580,6 +647,7 @@ class QdrantIndex(VectorIndex):
     def drop_collection(self, collection: str) -> None:
         if self._client.collection_exists(collection):
             self._client.delete_collection(collection)
+        self._bump_version(collection)
 
     def close(self) -> None:
         self._client.close()

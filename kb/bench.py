@@ -8,6 +8,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -261,6 +262,7 @@ def run_query_benchmark(
                 stages_ = ("embed_ms", "dense_search_ms", "sparse_search_ms", "search_ms", "fuse_ms", "rerank_ms", "retrieval_ms")
                 by_clients[f"{n_clients}_clients"] = {s: _percentiles([t[s] for t in timings]) for s in stages_}
             by_clients["bm25_candidates"] = _pruning_agreement(url, collection, questions)
+            by_clients["cache"] = _cache_benchmark(url, embedder, collection, questions)
             results["sizes"][str(size)] = by_clients
         # API overhead on the largest index, one client: the same retrieval through uvicorn + FastAPI.
         size = sizes[-1]
@@ -272,7 +274,9 @@ def run_query_benchmark(
         )
         runtime = Platform(PlatformSettings(), PostgresSettings(), IndexSettings())
         try:
-            base = _start_api(runtime, work, {"DATABASE_URL": url, "KB_COLLECTIONS_FILE": str(config)})
+            # The cache off: the API must do the same retrieval as the in-process engine it is compared with.
+            env = {"DATABASE_URL": url, "KB_COLLECTIONS_FILE": str(config), "KB_CACHE_ENABLED": "false"}
+            base = _start_api(runtime, work, env)
             engine = AnswerEngine(PgVectorIndex(url), embedder, [f"bench_q{size}"], EvidenceReranker(), None)
             results["api_overhead"] = _api_overhead(base, engine, questions)
         finally:
@@ -299,9 +303,10 @@ SAMPLE_QUESTIONS = [
 
 
 def _start_api(runtime: Platform, work: Path, env: dict[str, str]) -> str:
-    """The API as `kb up` starts it, on a free port, with `env` on top of this process's environment."""
+    """The API as `kb up` starts it, on a free port, with `env` on top of this process's environment. Sign-in is
+    off (a local bench on loopback; an API key check is one indexed lookup per request, not what is measured)."""
     port = free_port()
-    base = runtime.start_api(port, work / "logs", env)
+    base = runtime.start_api(port, work / "logs", {"KB_AUTH_MODE": "off", "KB_API_ENVIRONMENT": "local", **env})
     runtime.wait_for(f"{base}/healthz", "the API", timeout=120)
     return base
 
@@ -320,15 +325,24 @@ def _llm_benchmark(url: str, work: Path, llm_model: Path, questions: list[str], 
     runtime = Platform(PlatformSettings(), PostgresSettings(), IndexSettings())
     try:
         llm_port = free_port()
-        llm_url = runtime.start_llm(llm_model, llm.model, llm_port, llm.context_window, llm.threads, work / "logs")
+        llm_url = runtime.start_llm(llm_model, llm.model, llm_port, llm.context_window, llm.threads, work / "logs",
+                                    llm.parallel)  # fmt: skip
         runtime.wait_for(f"{llm_url}/models", "the LLM server", timeout=300)
-        base = _start_api(runtime, work, {"DATABASE_URL": url, "KB_LLM_BACKEND": "embedded", "KB_LLM_PORT": str(llm_port)})
+        # The cache off: the concurrent answers repeat the sequential ones' questions and must reach the LLM.
+        env = {"DATABASE_URL": url, "KB_LLM_BACKEND": "embedded", "KB_LLM_PORT": str(llm_port), "KB_CACHE_ENABLED": "false"}
+        base = _start_api(runtime, work, env)
         embedder = embedding.load()
         reranker = default_reranker(embedder=embedder, specs=samples)
         engine = AnswerEngine(PgVectorIndex(url), embedder, [s.name for s in samples], reranker, None,
-                              llm.context_window, llm.max_answer_tokens, dense_languages=embedding.languages)  # fmt: skip
+                              llm.context_window, llm.max_answer_tokens, dense_languages=embedding.languages,
+                              source_tokens=llm.source_tokens)  # fmt: skip
         console.log(f"LLM: {len(questions)} answers through the API and direct ({llm.model})")
-        return {"model": llm.model, **_llm_through_api(base, llm_url, engine, questions, llm)}
+        sequential = _llm_through_api(base, llm_url, engine, questions, llm)
+        console.log(f"LLM: {CONCURRENT_ANSWERS} answers at once through the API ({llm.parallel} server slots)")
+        concurrent = _concurrent_answers(base, llm_url, questions, CONCURRENT_ANSWERS)
+        single = sequential["tokens_per_s_api"]["p50"] if sequential["answers"] else 0.0
+        concurrent["aggregate_to_single_p50"] = round(concurrent["aggregate_tokens_per_s"] / max(single, 1e-6), 3)
+        return {"model": llm.model, "parallel_slots": llm.parallel, **sequential, "concurrent": concurrent}
     finally:
         runtime.stop()
 
@@ -357,6 +371,39 @@ def _pruning_agreement(url: str, collection: str, questions: list[str]) -> dict[
     }
 
 
+def _cache_benchmark(url: str, embedder: Any, collection: str, questions: list[str]) -> dict[str, Any]:
+    """Retrieval with the cache (in-process; Redis too when KB_CACHE_REDIS_URL is set): every question asked
+    twice, the second time as another user of the same groups would ask it (other case and spacing). Hit rate and
+    hit latency (the index version lookup included) against the misses' full retrieval."""
+    from assets.index import PgVectorIndex
+    from kb.settings import CacheSettings
+    from query_engine.cache import LocalStore, QueryCache, RedisStore
+    from query_engine.engine import AnswerEngine
+    from query_engine.rerank import EvidenceReranker
+
+    stores: dict[str, Any] = {"in_process": LocalStore(len(questions) * 4, 3600)}
+    if (redis_url := CacheSettings().redis_url) is not None:
+        stores["redis"] = RedisStore(redis_url)
+    results: dict[str, Any] = {}
+    for name, store in stores.items():
+        cache = QueryCache(store)
+        engine = AnswerEngine(PgVectorIndex(url), embedder, [collection], EvidenceReranker(), None, cache=cache)
+        misses, hits = [], []
+        for question in questions:
+            for times, asked in ((misses, question), (hits, f"  {question.upper()} ")):
+                started = time.perf_counter()
+                engine.retrieve(asked, groups=["bench"])
+                times.append((time.perf_counter() - started) * 1000)
+        hit, miss = cache.lookups[("retrieval", "hit")], cache.lookups[("retrieval", "miss")]
+        results[name] = {
+            "hit_rate": round(hit / max(hit + miss, 1), 3),
+            "hit_ms": _percentiles(hits),
+            "miss_ms": _percentiles(misses),
+        }
+        engine.index.close()
+    return results
+
+
 def _api_overhead(base: str, engine: Any, questions: list[str]) -> dict[str, Any]:
     """The same retrieval in-process and through /v1/query (answer=false), in alternating order."""
     import httpx
@@ -381,47 +428,69 @@ def _api_overhead(base: str, engine: Any, questions: list[str]) -> dict[str, Any
     }
 
 
-def _timed_stream(request: Callable[[], Any]) -> tuple[float | None, float, str]:
-    """(seconds to the first text, seconds to the last, the text) of a streamed OpenAI chat request,
-    timed from before the request is sent (a server may hold back its headers until the first token)."""
+@dataclass
+class TimedStream:
+    """A streamed OpenAI chat answer, timed from before the request is sent (a server may hold back its
+    headers until the first token); `timings` is llama.cpp's own report from the last chunk, where sent."""
+
+    first_s: float | None
+    total_s: float
+    text: str
+    timings: dict[str, Any]
+
+
+def _timed_stream(request: Callable[[], Any]) -> TimedStream:
     started = time.perf_counter()
     first: float | None = None
     parts = []
+    timings: dict[str, Any] = {}
     for chunk in request():
+        timings = (chunk.model_extra or {}).get("timings") or timings
         text = chunk.choices[0].delta.content if chunk.choices else None
         if text:
             first = first if first is not None else time.perf_counter() - started
             parts.append(text)
-    return first, time.perf_counter() - started, "".join(parts)
+    return TimedStream(first, time.perf_counter() - started, "".join(parts), timings)
 
 
-def _llm_through_api(base: str, llm_url: str, engine: Any, questions: list[str], llm: LLMSettings) -> dict[str, Any]:
-    """Per question, the chat API streams an answer (retrieval, prompt, LLM), then the same prompt goes to
-    the LLM server directly. The direct call skips llama.cpp's prompt cache, so both pay the full prompt;
-    tokens are counted by the server's tokenizer on the text without citation markers, which the API adds."""
+def _server_tokens(llm_url: str, text: str) -> int:
+    """Tokens of an answer by the LLM server's own tokenizer, without the citation markers the API adds."""
     import re
 
     import httpx
+
+    plain = re.sub(r"\s*\[\d+\]", "", text)
+    server = llm_url.removesuffix("/v1")
+    return len(httpx.post(f"{server}/tokenize", json={"content": plain}, timeout=30).json()["tokens"])
+
+
+def _decode_rate(llm_url: str, stream: TimedStream) -> float:
+    """Generated tokens per second from the first token to the last."""
+    return _server_tokens(llm_url, stream.text) / max(stream.total_s - (stream.first_s or 0.0), 1e-3)
+
+
+def _llm_through_api(base: str, llm_url: str, engine: Any, questions: list[str], llm: LLMSettings) -> dict[str, Any]:
+    """Per question, the chat API streams an answer (retrieval, prompt, LLM), then the same prompt (the
+    compact context the API builds) goes to the LLM server directly. The direct call skips llama.cpp's prompt
+    cache, so it pays the whole prompt; its own timings give the prompt's tokens and processing time."""
     from openai import OpenAI
 
     api = OpenAI(base_url=f"{base}/v1", api_key="bench", timeout=600)
     direct = OpenAI(base_url=llm_url, api_key="bench", timeout=600)
-    server = llm_url.removesuffix("/v1")
-
-    def tokens(text: str) -> int:
-        plain = re.sub(r"\s*\[\d+\]", "", text)
-        return len(httpx.post(f"{server}/tokenize", json={"content": plain}, timeout=30).json()["tokens"])
-
     rows: list[dict[str, float]] = []
     for question in questions:
-        ttft_api, total_api, text_api = _timed_stream(
+        through_api = _timed_stream(
             lambda: api.chat.completions.create(model="default", messages=[{"role": "user", "content": question}], stream=True)  # noqa: B023
         )
         retrieval = engine.retrieve(question)
-        if ttft_api is None or not retrieval.answerable:
+        if through_api.first_s is None or not retrieval.answerable:
             continue  # refused without an LLM call: nothing to compare
-        messages: list[Any] = [{"role": m.role.value, "content": m.content or ""} for m in engine.messages(question, retrieval)]
-        ttft_direct, total_direct, text_direct = _timed_stream(
+        evidence = engine.evidence(question, retrieval)
+        messages: list[Any] = [
+            {"role": m.role.value, "content": m.content or ""} for m in engine.messages(question, retrieval, evidence=evidence)
+        ]
+        whole: list[Any] = [{"role": m.role.value, "content": m.content or ""} for m in engine.messages(question, retrieval)]
+        direct_answer = _timed_stream(
             lambda: direct.chat.completions.create(
                 model=llm.model,
                 messages=messages,  # noqa: B023 - called at once, inside this iteration
@@ -431,15 +500,19 @@ def _llm_through_api(base: str, llm_url: str, engine: Any, questions: list[str],
                 extra_body={"cache_prompt": False},
             )
         )
-        if ttft_direct is None:
+        if direct_answer.first_s is None:
             continue
         rows.append({
-            "ttft_api_ms": ttft_api * 1000, "ttft_direct_ms": ttft_direct * 1000,
-            "tokens_per_s_api": tokens(text_api) / max(total_api - ttft_api, 1e-3),
-            "tokens_per_s_direct": tokens(text_direct) / max(total_direct - ttft_direct, 1e-3),
+            "ttft_api_ms": through_api.first_s * 1000, "ttft_direct_ms": direct_answer.first_s * 1000,
+            "tokens_per_s_api": _decode_rate(llm_url, through_api), "tokens_per_s_direct": _decode_rate(llm_url, direct_answer),
+            "prompt_tokens": float(direct_answer.timings.get("prompt_n", 0)),
+            "prompt_ms": float(direct_answer.timings.get("prompt_ms", 0.0)),
+            "prompt_tokens_whole_sources": float(_server_tokens(llm_url, " ".join(m["content"] for m in whole))),
         })  # fmt: skip
     summary: dict[str, Any] = {"answers": len(rows)}
-    for key in ("ttft_api_ms", "ttft_direct_ms", "tokens_per_s_api", "tokens_per_s_direct"):
+    keys = ("ttft_api_ms", "ttft_direct_ms", "tokens_per_s_api", "tokens_per_s_direct", "prompt_tokens", "prompt_ms",
+            "prompt_tokens_whole_sources")  # fmt: skip
+    for key in keys:
         summary[key] = _percentiles([r[key] for r in rows])
     if rows:
         summary["ttft_ratio_p50"] = round(summary["ttft_api_ms"]["p50"] / max(summary["ttft_direct_ms"]["p50"], 1e-6), 3)
@@ -447,6 +520,40 @@ def _llm_through_api(base: str, llm_url: str, engine: Any, questions: list[str],
             summary["tokens_per_s_api"]["p50"] / max(summary["tokens_per_s_direct"]["p50"], 1e-6), 3
         )
     return summary
+
+
+# Answers streamed at once through the API (the issue's load point: an incident channel asking together).
+CONCURRENT_ANSWERS = 4
+
+
+def _concurrent_answers(base: str, llm_url: str, questions: list[str], count: int) -> dict[str, Any]:
+    """`count` answers streamed through the chat API at the same moment: each one's time to first token and
+    the aggregate generated tokens/s over the span in which any of them was generating."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from openai import OpenAI
+
+    api = OpenAI(base_url=f"{base}/v1", api_key="bench", timeout=600)
+    asked = [questions[i % len(questions)] for i in range(count)]
+
+    def ask(question: str) -> tuple[float, TimedStream]:
+        started = time.perf_counter()
+        stream = _timed_stream(
+            lambda: api.chat.completions.create(model="default", messages=[{"role": "user", "content": question}], stream=True)
+        )
+        return started, stream
+
+    with ThreadPoolExecutor(count) as pool:
+        answers = list(pool.map(ask, asked))
+    generating = [(started + s.first_s, started + s.total_s, s.text) for started, s in answers if s.first_s is not None]
+    span = max((end for _, end, _ in generating), default=0.0) - min((begin for begin, _, _ in generating), default=0.0)
+    tokens = sum(_server_tokens(llm_url, text) for _, _, text in generating)
+    return {
+        "answers": count,
+        "answered_by_llm": len(generating),
+        "ttft_ms": _percentiles([s.first_s * 1000 for _, s in answers if s.first_s is not None]),
+        "aggregate_tokens_per_s": round(tokens / max(span, 1e-3), 2),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------

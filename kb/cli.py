@@ -171,7 +171,7 @@ def up(
         if llm.backend == "embedded":
             with console.status(f"provisioning {llm.model}"):
                 model_path = _llm_model_path(platform, llm)
-            llm_url = runtime.start_llm(model_path, llm.model, llm.port, llm.context_window, llm.threads, logs)
+            llm_url = runtime.start_llm(model_path, llm.model, llm.port, llm.context_window, llm.threads, logs, llm.parallel)
         else:
             llm_url = llm.base_url or ""
         with console.status("starting the Dagster code server, webserver and daemon"):
@@ -478,8 +478,11 @@ def eval_answers(
         raise typer.BadParameter(str(exc)) from exc
     finally:
         runtime.stop()
-    # A model other than the default gets its own result file (the 0.5B figures do not replace the 1.5B ones).
-    tags = (llm.model,) if llm.model != LLMSettings.model_fields["model"].default else ()
+    # A model or source budget other than the default gets its own result file (the 0.5B figures do not replace
+    # the 1.5B ones, an ablation does not replace the default run).
+    defaults = LLMSettings.model_fields
+    tags = (llm.model,) if llm.model != defaults["model"].default else ()
+    tags += (f"sources{llm.source_tokens}",) if llm.source_tokens != defaults["source_tokens"].default else ()
     result["results_file"] = str(write_result("answers", result["dataset"], result, tags))
     _emit({k: v for k, v in result.items() if k != "rows"}, as_json)  # the rows are in the result file
 

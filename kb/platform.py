@@ -376,8 +376,9 @@ class Platform:
                 pass
         self._children.append(_Child(name, process, log, record))
 
-    def start_llm(self, model_path: Path, alias: str, port: int, context_window: int, threads: int, log_dir: Path) -> str:
-        """The embedded llama.cpp server (xllamacpp) on loopback; returns its OpenAI base URL."""
+    def start_llm(self, model_path: Path, alias: str, port: int, context_window: int, threads: int, log_dir: Path,
+                  parallel: int = 2) -> str:  # fmt: skip
+        """The embedded llama.cpp server (xllamacpp) on loopback with `parallel` slots; returns its OpenAI base URL."""
         self.start_process(
             "llm",
             [
@@ -396,6 +397,8 @@ class Platform:
                 str(context_window),
                 "--threads",
                 str(threads),
+                "--parallel",
+                str(parallel),
             ],
             log_dir,
             port=port,

@@ -124,6 +124,14 @@ class LLMSettings(BaseSettings):
         "on the question (query_engine/context.py); 0 shows whole sources up to the context window.",
     )
     threads: int = Field(default=2)
+    parallel: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="Answers the embedded server decodes at once (llama.cpp slots, batched together; each slot gets the "
+        "whole context window). On two CPU cores 4 slots gave less aggregate throughput than one answer alone "
+        "(README, Benchmarks); raise it on a GPU.",
+    )
     timeout_s: float = Field(default=120.0)
     routes: dict[str, str] = Field(
         default_factory=dict,
@@ -165,6 +173,18 @@ class APISettings(BaseSettings):
         if self.environment != "local" and self.webhook_secret == "change-me-local-only":
             raise ValueError("set KB_API_WEBHOOK_SECRET: the default secret is only allowed with KB_API_ENVIRONMENT=local")
         return self
+
+
+class CacheSettings(BaseSettings):
+    """The cache of query embeddings, retrievals and answers (query_engine/cache.py)."""
+
+    model_config = SettingsConfigDict(env_prefix="KB_CACHE_", extra="ignore")
+
+    enabled: bool = Field(default=True)
+    redis_url: str | None = Field(default=None, description="redis://host:6379/0, shared by the API replicas; "
+                                  "unset: each process caches for itself.")  # fmt: skip
+    ttl_s: int = Field(default=3600, ge=1, description="How long an entry lives; a reindex makes it unreachable sooner.")
+    max_entries: int = Field(default=10_000, ge=1, description="Entries of the in-process cache.")
 
 
 class AgentSettings(BaseSettings):

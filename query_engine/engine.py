@@ -4,6 +4,7 @@ that must cite, and a refusal instead of a guess when nothing relevant was found
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -17,6 +18,7 @@ from llama_index.core.schema import NodeWithScore
 from assets.embed import Embedder, multilingual_encoder
 from assets.index import Filters, Groups, VectorIndex
 from assets.mask import mask_secrets
+from query_engine.cache import QueryCache, request_parts
 from query_engine.context import Evidence, closest_passage, compact_texts, context_vectors, sentence_evidence
 from query_engine.grounding import GroundedStream, GroundingReport
 from query_engine.prompts import CLOSEST_PASSAGE, LANGUAGE_NAMES, NOT_FOUND, SYSTEM_PROMPT, estimate_tokens, question_language
@@ -96,6 +98,7 @@ class AnswerEngine:
         dense_languages: Sequence[str] | None = None,
         gate: RelevanceGate | None = None,
         source_tokens: int = 0,
+        cache: QueryCache | None = None,
     ) -> None:
         self.index = index
         self.embedder = embedder
@@ -108,6 +111,7 @@ class AnswerEngine:
         self.dense_languages = dense_languages
         self.gate = gate or RelevanceGate.load()
         self.source_tokens = source_tokens  # 0: whole sources (context.py)
+        self.cache = cache  # query vectors, retrievals and answers (cache.py); None: every request computed
         encoder = multilingual_encoder(embedder)
         self.sentences = sentence_vectors(encoder) if encoder is not None else None
         self.context_vectors = context_vectors(encoder) if encoder is not None else None
@@ -116,13 +120,36 @@ class AnswerEngine:
                  groups: Groups = None) -> Retrieval:  # fmt: skip
         """Sources for a question, best first, with per-stage timings and whether any is relevant enough;
         `groups` restricts retrieval to the documents the caller may read (assets/index.py)."""
+        names, parts = self._request(question, collections, filters, groups)
+        return self._retrieve(question, names, filters, groups, parts)
+
+    def _request(self, question: str, collections: Sequence[str] | None, filters: Filters | None,
+                 groups: Groups) -> tuple[list[str], dict[str, Any] | None]:  # fmt: skip
+        """The collections to search, and with a cache, what keys this request (the index versions included)."""
         unknown = set(collections or []) - set(self.collections)
         if unknown:
             raise ValueError(f"unknown collection(s): {', '.join(sorted(unknown))}")
+        names = list(collections or self.collections)
+        if self.cache is None:
+            return names, None
+        return names, request_parts(question, names, groups, filters, self.index.versions(names))
+
+    def _retrieve(self, question: str, names: list[str], filters: Filters | None, groups: Groups,
+                  parts: dict[str, Any] | None) -> Retrieval:  # fmt: skip
+        if self.cache is not None and parts is not None:
+            started = time.perf_counter()
+            cached = self.cache.get_json("retrieval", parts)
+            if cached is not None:
+                return _retrieval_from(cached, {"cache_ms": _ms(started)})
+        retrieval = self._search(question, names, filters, groups)
+        if self.cache is not None and parts is not None:
+            self.cache.put_json("retrieval", parts, retrieval)
+        return retrieval
+
+    def _search(self, question: str, names: list[str], filters: Filters | None, groups: Groups) -> Retrieval:
         timings: dict[str, float] = {}
-        retriever = HybridRetriever(self.index, self.embedder, list(collections or self.collections), top_k=self.top_n,
-                                    candidates=50, filters=filters, dense_languages=self.dense_languages,
-                                    groups=groups)  # fmt: skip
+        retriever = HybridRetriever(self.index, self.embedder, names, top_k=self.top_n, candidates=50, filters=filters,
+                                    dense_languages=self.dense_languages, groups=groups, cache=self.cache)  # fmt: skip
         candidates = retriever.search(question, timings)
         started = time.perf_counter()
         ranked = self.reranker.postprocess_nodes([to_node(c) for c in candidates], query_str=question)
@@ -191,6 +218,17 @@ class AnswerEngine:
         llm = llm or self.llm
         started = time.perf_counter()
         # Embedding and index queries are blocking calls: keep them off the event loop.
+        answer_key: dict[str, Any] | None = None
+        # Only a first question is answered from the cache: with a conversation the answer depends on it.
+        if self.cache is not None and not history and not summary:
+            _, parts = await asyncio.to_thread(self._request, question, collections, filters, groups)
+            answer_key = self._answer_key(parts, llm)
+            cached = await asyncio.to_thread(self.cache.get_json, "answer", answer_key) if answer_key else None
+            if cached is not None:
+                answer = _answer_from(cached, _ms(started))
+                yield Delta(answer.text)
+                yield answer
+                return
         retrieval = await asyncio.to_thread(self.retrieve, question, collections, filters, groups)
         language = question_language(question)
         if not retrieval.answerable:
@@ -250,7 +288,18 @@ class AnswerEngine:
         sources = _mark_cited(text, retrieval.sources)
         timings = {**retrieval.timings, "llm_first_token_ms": first_token or _ms(started), "total_ms": _ms(started)}
         prompt_tokens = sum(estimate_tokens(m.content or "") for m in messages)
-        yield Answer(text, sources, timings, language, prompt_tokens, estimate_tokens(text), report.as_dict())
+        final = Answer(text, sources, timings, language, prompt_tokens, estimate_tokens(text), report.as_dict())
+        if answer_key is not None and self.cache is not None:
+            await asyncio.to_thread(self.cache.put_json, "answer", answer_key, final)
+        yield final
+
+    def _answer_key(self, parts: dict[str, Any] | None, llm: LLM | None) -> dict[str, Any] | None:
+        """The retrieval's key and what else decides the answer: the model, the prompt and its budgets."""
+        if parts is None or llm is None:
+            return None
+        prompt = hashlib.sha256(SYSTEM_PROMPT.encode()).hexdigest()[:16]
+        return {**parts, "model": llm.metadata.model_name, "prompt": prompt, "source_tokens": self.source_tokens,
+                "context_window": self.context_window, "max_answer_tokens": self.max_answer_tokens}  # fmt: skip
 
     async def answer(self, question: str, history: Sequence[ChatMessage] = (), summary: str | None = None,
                      collections: Sequence[str] | None = None, filters: Filters | None = None,
@@ -271,6 +320,22 @@ def _source(node: NodeWithScore, n: int) -> SourceRef:
     meta = dict(node.node.metadata)
     return SourceRef(n, str(meta.pop("collection", "")), str(meta.pop("doc_id", "")), meta.get("section") or meta.get("symbol"),
                      float(node.score or 0.0), node.node.get_content(), meta)  # fmt: skip
+
+
+def _retrieval_from(cached: dict[str, Any], timings: dict[str, float]) -> Retrieval:
+    """A cached retrieval (cache.py stores it as JSON); its timings are this lookup's."""
+    found = cached.get("signals")
+    return Retrieval([SourceRef(**s) for s in cached["sources"]], timings, bool(cached["answerable"]),
+                     Signals(**found) if found else None)  # fmt: skip
+
+
+def _answer_from(cached: dict[str, Any], elapsed_ms: float) -> Answer:
+    """A cached answer with its sources and grounding report; timed as served now (the first text is the whole)."""
+    timings = {"cache_ms": elapsed_ms, "llm_first_token_ms": elapsed_ms, "total_ms": elapsed_ms}
+    if "llm_first_token_ms" not in cached["timings"]:
+        timings.pop("llm_first_token_ms")  # a refusal stays one (api/metrics.py reads the outcome from this)
+    return Answer(cached["text"], [SourceRef(**s) for s in cached["sources"]], timings, cached["language"],
+                  cached["prompt_tokens"], cached["completion_tokens"], cached["grounding"])  # fmt: skip
 
 
 def _source_block(source: SourceRef, text: str) -> str:

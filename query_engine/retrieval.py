@@ -9,13 +9,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+import numpy as np
 from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+from numpy.typing import NDArray
 
 from assets.embed import Embedder
 from assets.index import Filters, Groups, Hit, VectorIndex
 from assets.parse import detect_language
 from assets.sparse import query_terms
+from query_engine.cache import QueryCache
 
 Mode = Literal["dense", "sparse", "hybrid"]
 # Shared by every retriever in the process; a search holds a worker only while it waits on the index.
@@ -110,6 +113,7 @@ class HybridRetriever(BaseRetriever):
         rrf_k: int = 60,
         dense_languages: Sequence[str] | None = None,
         groups: Groups = None,
+        cache: QueryCache | None = None,
     ) -> None:
         super().__init__()
         if not collections:
@@ -124,6 +128,7 @@ class HybridRetriever(BaseRetriever):
         self.groups = groups  # the caller's groups for document access lists (None: every document)
         self.rrf_k = rrf_k
         self.dense_languages = set(dense_languages) if dense_languages else None
+        self.cache = cache  # query vectors by exact text (query_engine/cache.py)
 
     def search(self, query: str, timings: dict[str, float] | None = None) -> list[Candidate]:
         """Fused candidates, best first (up to `candidates`); stage times in ms go into `timings`."""
@@ -142,7 +147,7 @@ class HybridRetriever(BaseRetriever):
         sparse = contextvars.copy_context().run
         sparse_future = _SEARCHES.submit(sparse, self._sparse, query) if mode in ("sparse", "hybrid") else None
         if mode in ("dense", "hybrid"):
-            vector = self.embedder.embed_queries([query])[0]
+            vector = self._query_vector(query)
             clock.lap("embed_ms")
             started = time.perf_counter()
             scale = self.embedder.score_scale(query)
@@ -164,6 +169,15 @@ class HybridRetriever(BaseRetriever):
             found = reciprocal_rank_fusion(dense, sparse, self.rrf_k)
         clock.lap("fuse_ms")
         return found[: self.candidates]
+
+    def _query_vector(self, query: str) -> NDArray[np.float32]:
+        cached = self.cache.get_vector(self.embedder.model_id, query) if self.cache is not None else None
+        if cached is not None and cached.shape == (self.embedder.dimension,):
+            return cached
+        vector = self.embedder.embed_queries([query])[0]
+        if self.cache is not None:
+            self.cache.put_vector(self.embedder.model_id, query, vector)
+        return vector
 
     def _sparse(self, query: str) -> tuple[dict[str, list[Hit]], float]:
         started = time.perf_counter()

@@ -164,3 +164,22 @@ def test_a_new_embedding_dimension_replaces_the_collection(index: VectorIndex, e
     index.write("contract", [IndexPoint(chunk_id("contract", "x.md", 0), "x.md", "v1", 0, "h", "text", {}, vector,
                                         bm25_document_vector("text", 20))], [])  # fmt: skip
     assert [h.doc_id for h in index.dense_search("contract", vector, 3)] == ["x.md"]
+
+
+def test_every_write_and_drop_gives_the_collection_a_new_version(index: VectorIndex, embedder) -> None:  # type: ignore[no-untyped-def]
+    """Caches key on the version (query_engine/cache.py): it must change with every change to what a search can
+    return, never come back to an earlier value, and not move for collections that were not touched."""
+    seen = [index.versions(["contract", "elsewhere"])]
+    index.write("contract", points(embedder, TEXTS), [])
+    seen.append(index.versions(["contract", "elsewhere"]))
+    index.write("contract", [], [chunk_id("contract", "ru.md", 0)])
+    seen.append(index.versions(["contract", "elsewhere"]))
+    index.drop_collection("contract")
+    seen.append(index.versions(["contract", "elsewhere"]))
+    index.ensure_collection("contract", embedder.dimension)
+    index.write("contract", points(embedder, TEXTS), [])
+    seen.append(index.versions(["contract", "elsewhere"]))
+    contract = [v["contract"] for v in seen]
+    assert len(set(contract)) == len(contract), contract
+    assert {v["elsewhere"] for v in seen} == {"0"}
+    assert index.versions([]) == {}

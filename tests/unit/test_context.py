@@ -117,6 +117,7 @@ def engine_over(sources: list[SourceRef], vectors: SentenceVectors, source_token
     # The constructor loads the retrieval stack; astream needs the LLM, the prompt sizes, the sentence vectors
     # and `retrieve`.
     engine = AnswerEngine.__new__(AnswerEngine)
+    engine.cache = None
     engine.embedder = vectors.encoder
     engine.context_window, engine.max_answer_tokens = 4096, 256
     engine.context_vectors, engine.source_tokens = vectors, source_tokens

@@ -215,6 +215,7 @@ class ScriptedLLM:
 def test_the_engine_answer_carries_the_grounding_report(sources: list[SourceRef]) -> None:
     # The constructor loads the retrieval stack; astream needs only the LLM, the prompt sizes and `retrieve`.
     engine = AnswerEngine.__new__(AnswerEngine)
+    engine.cache = None
     engine.embedder = None  # type: ignore[assignment]
     engine.context_window, engine.max_answer_tokens = 4096, 256
     engine.context_vectors, engine.source_tokens = None, 0
@@ -241,6 +242,7 @@ def test_the_engine_still_reports_a_dead_llm_while_grounding_prepares(
             raise httpx.ConnectError("connection refused")
 
     engine = AnswerEngine.__new__(AnswerEngine)
+    engine.cache = None
     engine.embedder = encoder
     engine.context_window, engine.max_answer_tokens = 4096, 256
     engine.context_vectors, engine.source_tokens = None, 0
