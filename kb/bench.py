@@ -259,7 +259,8 @@ def run_query_benchmark(
                 with ThreadPoolExecutor(n_clients) as pool:
                     for part in pool.map(work_on, range(n_clients)):
                         timings.extend(part)
-                stages_ = ("embed_ms", "dense_search_ms", "sparse_search_ms", "search_ms", "fuse_ms", "rerank_ms", "retrieval_ms")
+                stages_ = ("embed_ms", "dense_search_ms", "sparse_search_ms", "search_ms", "fuse_ms", "rerank_ms", "gate_ms",
+                           "retrieval_ms")  # fmt: skip
                 by_clients[f"{n_clients}_clients"] = {s: _percentiles([t[s] for t in timings]) for s in stages_}
             by_clients["bm25_candidates"] = _pruning_agreement(url, collection, questions)
             by_clients["cache"] = _cache_benchmark(url, embedder, collection, questions)
