@@ -179,10 +179,10 @@ def bench_questions(texts: list[str], count: int, seed: int = 5) -> list[str]:
     return questions
 
 
-def _fill_synthetic(index: Any, collection: str, chunks: int, dimension: int, seed: int = 11) -> list[str]:
+def synthetic_points(chunks: int, dimension: int, seed: int = 11) -> list[Any]:
     """Random unit vectors and Zipf-distributed text of 200 words a chunk: retrieval latency depends on
     the index size and shape, not on what the vectors mean, and embedding 100,000 chunks here would take
-    hours. Returns the texts, so questions can be drawn from them."""
+    hours. Questions are drawn from the texts."""
     import numpy as np
 
     from assets.index import IndexPoint
@@ -191,8 +191,7 @@ def _fill_synthetic(index: Any, collection: str, chunks: int, dimension: int, se
     texts = synthetic_texts(chunks, 200, seed)
     vectors = np.random.default_rng(seed).standard_normal((chunks, dimension)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    index.ensure_collection(collection, dimension)
-    points = [
+    return [
         IndexPoint(
             str(uuid.UUID(int=n + 1)),
             f"doc-{n // 10}.md",
@@ -206,9 +205,25 @@ def _fill_synthetic(index: Any, collection: str, chunks: int, dimension: int, se
         )  # fmt: skip
         for n, text in enumerate(texts)
     ]
+
+
+def _fill_synthetic(index: Any, collection: str, points: list[Any], dimension: int) -> None:
+    index.ensure_collection(collection, dimension)
     # One write: a bulk load builds the HNSW graph once instead of inserting row by row.
     index.write(collection, points, [])
-    return texts
+
+
+def _floor_timings(embedder: Any, floor: Any, questions: list[str], n_clients: int) -> list[Any]:
+    """The floor (kb/floor.py) for the same questions on as many threads as clients."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kb.floor import floor_of
+
+    def work_on(slot: int) -> list[Any]:
+        return [floor_of(q, embedder, floor) for q in questions[slot::n_clients]]
+
+    with ThreadPoolExecutor(n_clients) as pool:
+        return [t for part in pool.map(work_on, range(n_clients)) for t in part]
 
 
 def run_query_benchmark(
@@ -222,6 +237,7 @@ def run_query_benchmark(
     import yaml
 
     from assets.index import PgVectorIndex
+    from kb.floor import EdgeFloor, ratios
     from query_engine.engine import AnswerEngine
     from query_engine.rerank import EvidenceReranker
 
@@ -236,8 +252,13 @@ def run_query_benchmark(
         loader = PgVectorIndex(url)
         for size in sizes:
             collection = f"bench_q{size}"
-            console.log(f"filling {collection} with {size} synthetic chunks")
-            questions = bench_questions(_fill_synthetic(loader, collection, size, embedder.dimension), queries)
+            console.log(f"filling {collection} and the floor's engine with {size} synthetic chunks")
+            points = synthetic_points(size, embedder.dimension)
+            _fill_synthetic(loader, collection, points, embedder.dimension)
+            floor = EdgeFloor(work / f"edge-{size}", embedder.dimension)
+            floor.load(points)
+            questions = bench_questions([p.text for p in points], queries)
+            del points
             by_clients: dict[str, Any] = {}
             for n_clients in clients:
                 engines = [
@@ -261,9 +282,15 @@ def run_query_benchmark(
                         timings.extend(part)
                 stages_ = ("embed_ms", "dense_search_ms", "sparse_search_ms", "search_ms", "fuse_ms", "rerank_ms", "gate_ms",
                            "retrieval_ms")  # fmt: skip
-                by_clients[f"{n_clients}_clients"] = {s: _percentiles([t[s] for t in timings]) for s in stages_}
+                entry = {s: _percentiles([t[s] for t in timings]) for s in stages_}
+                floors = _floor_timings(embedder, floor, questions, n_clients)
+                entry["floor_ms"] = _percentiles([f.total_ms for f in floors])
+                entry["floor_embed_ms"] = _percentiles([f.embed_ms for f in floors])
+                entry["floor_search_ms"] = _percentiles([f.search_ms for f in floors])
+                by_clients[f"{n_clients}_clients"] = {**entry, **ratios(entry["retrieval_ms"], entry["floor_ms"])}
             by_clients["bm25_candidates"] = _pruning_agreement(url, collection, questions)
             by_clients["cache"] = _cache_benchmark(url, embedder, collection, questions)
+            floor.close()
             results["sizes"][str(size)] = by_clients
         # API overhead on the largest index, one client: the same retrieval through uvicorn + FastAPI.
         size = sizes[-1]
