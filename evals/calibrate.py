@@ -111,7 +111,7 @@ def collect(evalsets: Path, console: Console, known: Sequence[Sample] = ()) -> l
         with ingested(evalset, platform, embedder, console) as (built, index, _):
             reranker = default_reranker(embedder=embedder, specs=[built.spec])
             engine = AnswerEngine(index, embedder, [built.collection], reranker, None,
-                                  dense_languages=embedding.languages, gate=_NEUTRAL)  # fmt: skip
+                                  dense_languages=embedding.languages, gate=_NEUTRAL, exact_signals=True)  # fmt: skip
             label = evalset.label
             with console.status(f"signals on {label}"):
                 for pool, items in questions.items():

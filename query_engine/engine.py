@@ -99,6 +99,7 @@ class AnswerEngine:
         gate: RelevanceGate | None = None,
         source_tokens: int = 0,
         cache: QueryCache | None = None,
+        exact_signals: bool = False,
     ) -> None:
         self.index = index
         self.embedder = embedder
@@ -112,6 +113,7 @@ class AnswerEngine:
         self.gate = gate or RelevanceGate.load()
         self.source_tokens = source_tokens  # 0: whole sources (context.py)
         self.cache = cache  # query vectors, retrievals and answers (cache.py); None: every request computed
+        self.exact_signals = exact_signals  # every relevance signal computed (calibration), not just the deciding ones
         encoder = multilingual_encoder(embedder)
         self.sentences = sentence_vectors(encoder) if encoder is not None else None
         self.context_vectors = context_vectors(encoder) if encoder is not None else None
@@ -157,10 +159,12 @@ class AnswerEngine:
         timings["rerank_ms"] = round((time.perf_counter() - started) * 1000, 2)
         started = time.perf_counter()
         # Whether anything here answers the question: calibrated per language (query_engine/relevance.py).
-        found = signals(question, nodes, ranked, self.sentences)
+        # The sentence signal only where it can change the decision, unless calibration needs every signal.
+        found = signals(question, nodes, ranked, self.sentences, None if self.exact_signals else self.gate)
+        relevant = self.gate.relevant(question, found)
         timings["gate_ms"] = round((time.perf_counter() - started) * 1000, 2)
         sources = [_source(n, i + 1) for i, n in enumerate(nodes)]
-        return Retrieval(sources, timings, self.gate.relevant(question, found), found)
+        return Retrieval(sources, timings, relevant, found)
 
     def evidence(self, question: str, retrieval: Retrieval) -> list[list[Evidence]] | None:
         """Per source, its sentences scored against the question (None without a multilingual encoder)."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from llama_index.core.schema import NodeWithScore
@@ -32,6 +32,7 @@ from query_engine.rerank import SentenceVectors
 
 GATE_FILE = Path(__file__).with_name("relevance_gate.json")
 FEATURES = ("dense", "sentence", "coverage")
+SENTENCE_RANGE = (-1.0, 1.0)  # what a cosine can be: the sentence signal's bounds
 
 
 @dataclass(frozen=True)
@@ -60,15 +61,21 @@ class LanguageGate:
 
 
 def signals(question: str, top: Sequence[NodeWithScore], candidates: Sequence[NodeWithScore],
-            sentences: SentenceVectors | None) -> Signals:  # fmt: skip
-    """The three signals of the top sources; `candidates` (all fused candidates) weigh the terms."""
+            sentences: SentenceVectors | None, gate: RelevanceGate | None = None) -> Signals:  # fmt: skip
+    """The three signals of the top sources; `candidates` (all fused candidates) weigh the terms. With `gate`, the
+    sentence signal (the costly one: every sentence of the top sources through the multilingual encoder) is
+    computed only where it can change the gate's decision, and is NaN where the decision holds without it."""
     if not top:
         return Signals(0.0, 0.0, 0.0)
     dense = max(float(n.node.metadata.get("dense_score") or 0.0) for n in top)
-    sentence = max(sentences.best_sentence(question, [n.node.get_content() for n in top])) if sentences else 0.0
     source_language = top[0].node.metadata.get("lang")
     cross = source_language is not None and source_language != detect_language(question)
-    return Signals(dense, sentence, _weighted_coverage(question, top, candidates), cross)
+    partial = Signals(dense, math.nan, _weighted_coverage(question, top, candidates), cross)
+    if sentences is None:
+        return replace(partial, sentence=0.0)
+    if gate is not None and gate.decided(question, partial) is not None:
+        return partial
+    return replace(partial, sentence=max(sentences.best_sentence(question, [n.node.get_content() for n in top])))
 
 
 def gate_key(language: str, cross_lingual: bool) -> str:
@@ -108,8 +115,17 @@ class RelevanceGate:
         return self.gates.get(gate_key(language, cross_lingual)) or self.gates.get(language) or self.gates["en"]
 
     def relevant(self, question: str, found: Signals) -> bool:
+        if math.isnan(found.sentence):  # left out by `signals` because the decision holds without it
+            return bool(self.decided(question, found))
         gate = self.gate(question, found.cross_lingual)
         return gate.probability(found) >= gate.threshold
+
+    def decided(self, question: str, partial: Signals) -> bool | None:
+        """The decision when it is the same for every value the sentence signal can take (a cosine: -1 to 1; the
+        gate is monotonic in it), else None."""
+        gate = self.gate(question, partial.cross_lingual)
+        low, high = (gate.probability(replace(partial, sentence=s)) >= gate.threshold for s in SENTENCE_RANGE)
+        return low if low == high else None
 
 
 def save_gate(path: Path, gates: dict[str, LanguageGate], about: dict[str, object]) -> None:
