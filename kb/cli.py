@@ -529,6 +529,25 @@ def eval_quote_threshold(
     _emit({k: v for k, v in result.items() if k != "samples"}, as_json)
 
 
+@eval_app.command("gate-cost")
+def eval_gate_cost(
+    evalsets: Annotated[Path, typer.Option(help="The folder of evaluation sets (dev splits).")] = Path("../shared/evalsets"),
+    limit: Annotated[int, typer.Option(help="Answerable questions per case.")] = 60,
+    probes: Annotated[int, typer.Option(help="Off-topic questions per case.")] = 20,
+    as_json: JsonFlag = False,
+) -> None:
+    """The relevance gate's time with the sentence signal only where it decides against every signal computed,
+    on dev questions: how many skip the sentence pass, cold and warm, and whether every decision is the same."""
+    from evals.cli_support import write_result
+    from evals.gate_cost import gate_cost
+
+    if not evalsets.is_dir():
+        raise typer.BadParameter(f"{evalsets} is not a folder of evaluation sets")
+    result = gate_cost(evalsets, limit, probes, console)
+    result["results_file"] = str(write_result("gate-cost", "relevance_gate", result))
+    _emit(result, as_json)
+
+
 @bench_app.command("query")
 def bench_query(
     sizes: Annotated[str, typer.Option(help="Index sizes in chunks, comma-separated.")] = "10000,100000",
