@@ -134,7 +134,7 @@ def create_backup(
             "pg_dump_version": _tool_version("pg_dump"),
             "rows": rows,
             "index_backend": index.backend,
-            "index": qdrant["collections"] if qdrant else _pgvector_counts(rows),
+            "index": _kb_collections(qdrant["collections"]) if qdrant else _pgvector_counts(rows),
             "qdrant": qdrant,
             "embedding_model": model_id,
             "audit_key": "file" if "audit.key" in members else "absent",
@@ -174,7 +174,9 @@ def restore_backup(
             rows = _restore_embedded(platform, files, manifest)
         if (files / "audit.key").is_file():
             _put_audit_key(files / "audit.key", platform.data_dir / KEY_FILE)
-        restored_index = _restore_qdrant(index, files, manifest) if index.backend == "qdrant" else _pgvector_counts(rows)
+        restored_index = (
+            _kb_collections(_restore_qdrant(index, files, manifest)) if index.backend == "qdrant" else _pgvector_counts(rows)
+        )
     warnings = _restore_warnings(manifest, embedding or EmbeddingSettings())
     return RestoreResult(archive, platform.data_dir, rows, restored_index, round(time.perf_counter() - started, 2), warnings)
 
@@ -458,6 +460,14 @@ def _pgvector_counts(rows: Mapping[str, int]) -> dict[str, int]:
 
 
 # --- Qdrant -------------------------------------------------------------------------------------------------
+
+
+def _kb_collections(counts: Mapping[str, int]) -> dict[str, int]:
+    """Points per knowledge-base collection. The index versions' own collection (assets/index.py) is backed up and
+    restored with them, so that cached results stay keyed to the data they were built from, but is not one."""
+    from assets.index import QdrantIndex
+
+    return {name: n for name, n in counts.items() if name != QdrantIndex.VERSIONS}
 
 
 def _backup_qdrant(index: IndexSettings, staging: Path) -> tuple[dict[str, Path], dict[str, Any]]:
