@@ -503,11 +503,15 @@ def eval_calibrate(
     from evals.calibrate import calibrate
     from evals.cli_support import write_result
 
-    if not evalsets.is_dir():
-        raise typer.BadParameter(f"{evalsets} is not a folder of evaluation sets")
+    _check_evalsets(evalsets)
     result = calibrate(evalsets, output, target_refusal, console, samples)
     result["results_file"] = str(write_result("calibrate", "relevance_gate", result))
     _emit(result, as_json)
+
+
+def _check_evalsets(evalsets: Path) -> None:
+    if not evalsets.is_dir():
+        raise typer.BadParameter(f"{evalsets} is not a folder of evaluation sets")
 
 
 @eval_app.command("quote-threshold")
@@ -522,8 +526,7 @@ def eval_quote_threshold(
     from evals.cli_support import write_result
     from evals.quote import quote_threshold
 
-    if not evalsets.is_dir():
-        raise typer.BadParameter(f"{evalsets} is not a folder of evaluation sets")
+    _check_evalsets(evalsets)
     result = quote_threshold(evalsets, limit, probes, console)
     result["results_file"] = str(write_result("quote", "closest_passage", result))
     _emit({k: v for k, v in result.items() if k != "samples"}, as_json)
@@ -541,8 +544,7 @@ def eval_gate_cost(
     from evals.cli_support import write_result
     from evals.gate_cost import gate_cost
 
-    if not evalsets.is_dir():
-        raise typer.BadParameter(f"{evalsets} is not a folder of evaluation sets")
+    _check_evalsets(evalsets)
     result = gate_cost(evalsets, limit, probes, console)
     result["results_file"] = str(write_result("gate-cost", "relevance_gate", result))
     _emit(result, as_json)

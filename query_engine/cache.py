@@ -57,7 +57,7 @@ class LocalStore:
             return self._entries.get(key)
 
     def set(self, key: str, value: bytes, ttl_s: int) -> None:
-        with self._lock:
+        with self._lock:  # TTLCache has one TTL for all entries: the one given at construction (build_cache passes both)
             self._entries[key] = value
 
 

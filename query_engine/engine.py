@@ -33,6 +33,8 @@ _CITATION = re.compile(r"\[(\d{1,3})\]")
 # unanswerable questions out (an alert without a runbook shares most words with its neighbours' runbooks), and
 # the model refuses far less there, so same-language sources are never quoted in place of a refusal.
 QUOTE_THRESHOLD = 0.50
+# Part of a cached answer's key: a changed system prompt makes older answers unreachable.
+_PROMPT_DIGEST = hashlib.sha256(SYSTEM_PROMPT.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -138,14 +140,14 @@ class AnswerEngine:
 
     def _retrieve(self, question: str, names: list[str], filters: Filters | None, groups: Groups,
                   parts: dict[str, Any] | None) -> Retrieval:  # fmt: skip
-        if self.cache is not None and parts is not None:
-            started = time.perf_counter()
-            cached = self.cache.get_json("retrieval", parts)
-            if cached is not None:
-                return _retrieval_from(cached, {"cache_ms": _ms(started)})
+        if self.cache is None or parts is None:
+            return self._search(question, names, filters, groups)
+        started = time.perf_counter()
+        cached = self.cache.get_json("retrieval", parts)
+        if cached is not None:
+            return _retrieval_from(cached, {"cache_ms": _ms(started)})
         retrieval = self._search(question, names, filters, groups)
-        if self.cache is not None and parts is not None:
-            self.cache.put_json("retrieval", parts, retrieval)
+        self.cache.put_json("retrieval", parts, retrieval)
         return retrieval
 
     def _search(self, question: str, names: list[str], filters: Filters | None, groups: Groups) -> Retrieval:
@@ -225,7 +227,8 @@ class AnswerEngine:
         answer_key: dict[str, Any] | None = None
         # Only a first question is answered from the cache: with a conversation the answer depends on it.
         if self.cache is not None and not history and not summary:
-            _, parts = await asyncio.to_thread(self._request, question, collections, filters, groups)
+            # One index-versions lookup keys both the answer and, on a miss, the retrieval.
+            names, parts = await asyncio.to_thread(self._request, question, collections, filters, groups)
             answer_key = self._answer_key(parts, llm)
             cached = await asyncio.to_thread(self.cache.get_json, "answer", answer_key) if answer_key else None
             if cached is not None:
@@ -233,7 +236,9 @@ class AnswerEngine:
                 yield Delta(answer.text)
                 yield answer
                 return
-        retrieval = await asyncio.to_thread(self.retrieve, question, collections, filters, groups)
+            retrieval = await asyncio.to_thread(self._retrieve, question, names, filters, groups, parts)
+        else:
+            retrieval = await asyncio.to_thread(self.retrieve, question, collections, filters, groups)
         language = question_language(question)
         if not retrieval.answerable:
             text = NOT_FOUND[language]
@@ -301,8 +306,7 @@ class AnswerEngine:
         """The retrieval's key and what else decides the answer: the model, the prompt and its budgets."""
         if parts is None or llm is None:
             return None
-        prompt = hashlib.sha256(SYSTEM_PROMPT.encode()).hexdigest()[:16]
-        return {**parts, "model": llm.metadata.model_name, "prompt": prompt, "source_tokens": self.source_tokens,
+        return {**parts, "model": llm.metadata.model_name, "prompt": _PROMPT_DIGEST, "source_tokens": self.source_tokens,
                 "context_window": self.context_window, "max_answer_tokens": self.max_answer_tokens}  # fmt: skip
 
     async def answer(self, question: str, history: Sequence[ChatMessage] = (), summary: str | None = None,
