@@ -272,6 +272,12 @@ def summarise(rows: Sequence[Row]) -> dict[str, Any]:
             sum(bool(r.contains) for r in answerable if r.grounding.get("closest_passage")),
             sum(bool(r.grounding.get("closest_passage")) for r in answerable),
         ),
+        # Refusals asked again on the closest sources (engine.py) and how many of those then hold the reference answer.
+        "answers_retried_after_refusal": round(sum(bool(r.grounding.get("retried")) for r in answerable) / n, 4),
+        "retries_containing_the_answer": _share(
+            sum(bool(r.contains) for r in answerable if r.grounding.get("retried")),
+            sum(bool(r.grounding.get("retried")) for r in answerable),
+        ),
         "answers_with_grounding_report": _share(len(reported), len(stated)),
         **grounding,
         "judged_groundedness": _share(sum(j["supported"] for j in judged), sum(j["statements"] for j in judged)),

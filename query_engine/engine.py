@@ -8,7 +8,7 @@ import hashlib
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from llama_index.core.llms import LLM, ChatMessage, MessageRole
@@ -33,6 +33,8 @@ _CITATION = re.compile(r"\[(\d{1,3})\]")
 # unanswerable questions out (an alert without a runbook shares most words with its neighbours' runbooks), and
 # the model refuses far less there, so same-language sources are never quoted in place of a refusal.
 QUOTE_THRESHOLD = 0.50
+# The sources' budget when the model is asked again after refusing sources judged relevant (engine._focused).
+FOCUSED_SOURCE_TOKENS = 400
 # Part of a cached answer's key: a changed system prompt makes older answers unreachable.
 _PROMPT_DIGEST = hashlib.sha256(SYSTEM_PROMPT.encode()).hexdigest()[:16]
 
@@ -176,11 +178,12 @@ class AnswerEngine:
 
     def messages(
         self, question: str, retrieval: Retrieval, history: Sequence[ChatMessage] = (), summary: str | None = None,
-        evidence: Sequence[Sequence[Evidence]] | None = None,
+        evidence: Sequence[Sequence[Evidence]] | None = None, source_tokens: int | None = None,
     ) -> list[ChatMessage]:  # fmt: skip
         """System prompt with as many sources as fit, the conversation, then the question: the whole prompt
         stays under the context window minus the answer's tokens. With `evidence` and `source_tokens`, prose
-        sources show only their sentences that bear on the question (context.py)."""
+        sources show only their sentences that bear on the question (context.py); `source_tokens` overrides the
+        engine's budget for them."""
         language = question_language(question)
         budget = self.context_window - self.max_answer_tokens - 64
         budget -= estimate_tokens(SYSTEM_PROMPT) + estimate_tokens(question) + (estimate_tokens(summary) if summary else 0)
@@ -192,8 +195,9 @@ class AnswerEngine:
             kept_history.insert(0, message)
         budget -= sum(estimate_tokens(m.content or "") + 4 for m in kept_history)
         texts = [s.text for s in retrieval.sources]
-        if evidence is not None and self.source_tokens > 0:
-            texts = compact_texts(texts, [s.doc_id for s in retrieval.sources], evidence, self.source_tokens)
+        budget_for_sources = self.source_tokens if source_tokens is None else source_tokens
+        if evidence is not None and budget_for_sources > 0:
+            texts = compact_texts(texts, [s.doc_id for s in retrieval.sources], evidence, budget_for_sources)
         blocks = []
         for source, text in zip(retrieval.sources, texts, strict=True):
             if not text:
@@ -250,7 +254,7 @@ class AnswerEngine:
         scored = await asyncio.to_thread(self.evidence, question, retrieval)
         messages = self.messages(question, retrieval, history, summary, scored)
         parts: list[str] = []
-        first_token: float | None = None
+        clock = _Clock(started)
         evidence = [question, *(m.content or "" for m in history), *([summary] if summary else [])]
         # Without a conversation, the sources are all an answer may draw on: a guess none of them supports is refused.
         grounded = GroundedStream(retrieval.sources, evidence, language, multilingual_encoder(self.embedder),
@@ -259,24 +263,27 @@ class AnswerEngine:
         # The sources' vectors are computed while the LLM reads its prompt, off the event loop.
         preparing = asyncio.create_task(asyncio.to_thread(grounded.prepare))
         try:
-            stream = await llm.astream_chat(messages)
-            async for chunk in stream:
-                delta = chunk.delta or ""
-                if delta and first_token is None:
-                    first_token = _ms(started)
-                    await preparing
-                emitted = mask_secrets(grounded.feed(delta)).text
+            async for emitted in _generate(llm, messages, grounded, clock, preparing):
                 parts.append(emitted)
-                if emitted:
-                    yield Delta(emitted)
-        except Exception as exc:  # the client library raises its own connection errors
-            if _is_connection_error(exc):
-                raise LLMUnavailable(f"the LLM server is not reachable: {exc}") from exc
-            raise
+                yield Delta(emitted)
         finally:
             await preparing
         tail = mask_secrets(grounded.feed("", final=True)).text
         report = grounded.report
+        prompts = [messages]
+        nothing_sent = not "".join(parts).strip()
+        focused = self._focused(question, retrieval, scored, messages) if report.model_refused and nothing_sent else None
+        if grounded.sources_only and focused is not None:
+            # The model refused sources the relevance gate judged relevant, and nothing was sent: a small model
+            # often does so when the answer is one sentence among many, above all across languages. It is
+            # asked once more with only the sources holding the sentences that bear most on the question.
+            grounded = grounded.fresh()
+            async for emitted in _generate(llm, focused, grounded, clock):
+                parts.append(emitted)
+                yield Delta(emitted)
+            tail = mask_secrets(grounded.feed("", final=True)).text
+            report = replace(grounded.report, retried=True)
+            prompts.append(focused)
         passage = closest_passage(scored or [], _other_language(retrieval.sources, language))
         refusal = report.refused_after_grounding or report.model_refused
         if (
@@ -295,12 +302,30 @@ class AnswerEngine:
             yield Delta(tail)
         text = "".join(parts)
         sources = _mark_cited(text, retrieval.sources)
-        timings = {**retrieval.timings, "llm_first_token_ms": first_token or _ms(started), "total_ms": _ms(started)}
-        prompt_tokens = sum(estimate_tokens(m.content or "") for m in messages)
+        timings = {**retrieval.timings, "llm_first_token_ms": clock.first_token or _ms(started), "total_ms": _ms(started)}
+        prompt_tokens = sum(estimate_tokens(m.content or "") for prompt in prompts for m in prompt)
         final = Answer(text, sources, timings, language, prompt_tokens, estimate_tokens(text), report.as_dict())
         if answer_key is not None and self.cache is not None:
             await asyncio.to_thread(self.cache.put_json, "answer", answer_key, final)
         yield final
+
+    def _focused(
+        self, question: str, retrieval: Retrieval, evidence: Sequence[Sequence[Evidence]] | None,
+        asked: list[ChatMessage],
+    ) -> list[ChatMessage] | None:  # fmt: skip
+        """The prompt asked again after a refusal: the sources holding the two sentences with the strongest
+        evidence for the question, each cut to its sentences that bear on it (FOCUSED_SOURCE_TOKENS in all),
+        under their own numbers; None when that is the prompt already `asked`."""
+        if not evidence:
+            return None
+        best = sorted((e for per_source in evidence for e in per_source), key=lambda e: e.score, reverse=True)
+        keep = sorted(list(dict.fromkeys(e.source for e in best))[:2])
+        if not keep:
+            return None
+        narrowed = replace(retrieval, sources=[retrieval.sources[i] for i in keep])
+        renumbered = [[replace(e, source=k) for e in evidence[i]] for k, i in enumerate(keep)]
+        focused = self.messages(question, narrowed, evidence=renumbered, source_tokens=FOCUSED_SOURCE_TOKENS)
+        return None if [m.content for m in focused] == [m.content for m in asked] else focused
 
     def _answer_key(self, parts: dict[str, Any] | None, llm: LLM | None) -> dict[str, Any] | None:
         """The retrieval's key and what else decides the answer: the model, the prompt and its budgets."""
@@ -318,6 +343,34 @@ class AnswerEngine:
                 final = event
         assert final is not None
         return final
+
+
+@dataclass
+class _Clock:
+    started: float
+    first_token: float | None = None
+
+
+async def _generate(
+    llm: LLM, messages: list[ChatMessage], grounded: GroundedStream, clock: _Clock, ready: asyncio.Task[None] | None = None
+) -> AsyncIterator[str]:
+    """What the model writes, through grounding and masking, as it may be sent; `clock` notes the first token,
+    and grounding waits for `ready` (the sources' vectors) before it judges the first one."""
+    try:
+        stream = await llm.astream_chat(messages)
+        async for chunk in stream:
+            delta = chunk.delta or ""
+            if delta and clock.first_token is None:
+                clock.first_token = _ms(clock.started)
+            if delta and ready is not None:
+                await ready
+            emitted = mask_secrets(grounded.feed(delta)).text
+            if emitted:
+                yield emitted
+    except Exception as exc:  # the client library raises its own connection errors
+        if _is_connection_error(exc):
+            raise LLMUnavailable(f"the LLM server is not reachable: {exc}") from exc
+        raise
 
 
 def _ms(started: float) -> float:
@@ -362,10 +415,8 @@ def _quoted(passage: Evidence, sources: Sequence[SourceRef], language: str, held
     source = sources[passage.source]
     lead = CLOSEST_PASSAGE.get(language, CLOSEST_PASSAGE["en"]).format(n=source.n)
     quote = " ".join(mask_secrets(passage.text).text.split())
-    report = GroundingReport(sentences=held.sentences + 1, cited_sentences=1, supported_citations=1,
-                             dropped_markers=held.dropped_markers, withheld_sentences=held.sentences,
-                             unsupported_identifiers=held.unsupported_identifiers, model_refused=held.model_refused,
-                             closest_passage=True)  # fmt: skip
+    report = replace(held, sentences=held.sentences + 1, cited_sentences=1, supported_citations=1,
+                     withheld_sentences=held.sentences, refused_after_grounding=False, closest_passage=True)  # fmt: skip
     return f"{lead}\n\n> {quote} [{source.n}]", report
 
 

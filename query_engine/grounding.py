@@ -11,6 +11,7 @@ semantic; identifiers are language-neutral and compared literally.
 
 from __future__ import annotations
 
+import copy
 import re
 import threading
 import unicodedata
@@ -145,6 +146,7 @@ class GroundingReport:
     refused_after_grounding: bool = False  # nothing the model wrote was left to say
     model_refused: bool = False  # the model itself wrote the not-found sentence (so grounding refused nothing it said)
     closest_passage: bool = False  # the engine quoted the closest source sentence instead of the refusal (engine.py)
+    retried: bool = False  # the model refused sources judged relevant and was asked again on the closest ones (engine.py)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -450,6 +452,15 @@ class GroundedStream:
         self._guessed = False  # with sources_only: a held statement that no source supports
         self._kind = NEUTRAL  # what the last grounded unit was
         self._written = ""  # the model's text as it came
+
+    def fresh(self) -> GroundedStream:
+        """A new stream over the same sources and evidence, sharing the sentence vectors computed so far."""
+        stream = copy.copy(self)
+        stream.report = GroundingReport()
+        stream._buffer, stream._emitted, stream._held, stream._written = "", "", "", ""
+        stream._at_line_start, stream._line_withheld, stream._stated, stream._guessed = True, False, False, False
+        stream._kind = NEUTRAL
+        return stream
 
     def prepare(self) -> None:
         """Embed the sentences of the sources in another language than the answer's now (they are the ones

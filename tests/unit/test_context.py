@@ -99,15 +99,18 @@ def test_the_closest_passage_across_languages_is_the_answering_sentence(
 
 
 class ScriptedLLM:
-    def __init__(self, answer: str) -> None:
-        self.answer = answer
+    """Writes its answers in turn, the last one again once they are used up."""
+
+    def __init__(self, *answers: str) -> None:
+        self.answers = list(answers)
         self.prompts: list[str] = []
 
     async def astream_chat(self, messages: list[Any]) -> Any:
         self.prompts.append(messages[0].content)
+        answer = self.answers[min(len(self.prompts), len(self.answers)) - 1]
 
         async def gen() -> Any:
-            for word in self.answer.split(" "):
+            for word in answer.split(" "):
                 yield type("Chunk", (), {"delta": word + " "})()
 
         return gen()
@@ -177,3 +180,37 @@ def test_a_general_knowledge_question_stays_refused_without_a_citation(
 def test_a_supported_answer_is_never_replaced_by_a_quote(sources: list[SourceRef], vectors: SentenceVectors) -> None:
     _, final = ask(engine_over(sources, vectors), RETENTION_RU, ScriptedLLM("Retention is 7 days [1]."))
     assert final.text.startswith("Retention is 7 days [1].") and not final.grounding["closest_passage"]
+
+
+def test_a_model_refusal_over_relevant_sources_is_asked_again_on_the_closest_sources(
+    sources: list[SourceRef], vectors: SentenceVectors
+) -> None:
+    llm = ScriptedLLM(NOT_FOUND["zh"], "该主题有 48 个分区 [1]。")
+    streamed, final = ask(engine_over(sources, vectors), PARTITIONS_ZH, llm)
+    assert len(llm.prompts) == 2, "one more call, only after the refusal"
+    assert streamed == final.text and NOT_FOUND["zh"] not in final.text, "the first refusal was never sent"
+    assert final.text.startswith("该主题有 48 个分区 [1]") and final.grounding["retried"]
+    assert not final.grounding["closest_passage"] and [s.cited for s in final.sources] == [True, False, False, False]
+    focused = llm.prompts[1]
+    assert "The topic has 48 partitions" in focused and estimate_tokens(focused) < estimate_tokens(llm.prompts[0])
+    shown = [s.n for s in sources if f"[{s.n}] {s.collection}/{s.doc_id}" in focused]
+    assert 1 in shown and len(shown) <= 2, "the ADR that answers, under its own number, and one other source at most"
+
+
+def test_a_second_refusal_still_ends_in_the_closest_passage(sources: list[SourceRef], vectors: SentenceVectors) -> None:
+    llm = ScriptedLLM(NOT_FOUND["zh"])
+    _, final = ask(engine_over(sources, vectors), PARTITIONS_ZH, llm)
+    assert len(llm.prompts) == 2 and final.grounding["retried"] and final.grounding["closest_passage"]
+
+
+def test_an_answer_is_never_asked_again(sources: list[SourceRef], vectors: SentenceVectors) -> None:
+    llm = ScriptedLLM("Retention is 7 days [1].")
+    _, final = ask(engine_over(sources, vectors), RETENTION_RU, llm)
+    assert len(llm.prompts) == 1 and not final.grounding["retried"]
+
+
+def test_no_second_call_when_the_closest_sources_are_what_the_model_was_shown(vectors: SentenceVectors) -> None:
+    short = [SourceRef(1, "runbooks", "kafka-lag.md", None, 1.0, "Consumer lag alerts fire after 5 minutes.")]
+    llm = ScriptedLLM(NOT_FOUND["ru"])
+    _, final = ask(engine_over(short, vectors), "Когда срабатывает оповещение о задержке потребителя?", llm)
+    assert len(llm.prompts) == 1 and not final.grounding["retried"]
