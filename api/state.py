@@ -178,13 +178,14 @@ def build_state() -> AppState:
     register_backup_collector(url)  # kb_backup_last_success_timestamp on /metrics
     register_usage_collector(url)  # active users, sessions, messages per session, feedback votes
     register_quarantine_collector(url)  # kb_quarantined_documents{collection,reason}
+    specs = load_specs(platform.collections_file)
     index: VectorIndex = (
-        QdrantIndex(url=index_settings.qdrant_url, path=index_settings.qdrant_path, api_key=index_settings.qdrant_api_key)
+        QdrantIndex(url=index_settings.qdrant_url, path=index_settings.qdrant_path, api_key=index_settings.qdrant_api_key,
+                    layouts={s.name: s.qdrant for s in specs})  # fmt: skip
         if index_settings.backend == "qdrant"
         else PgVectorIndex(url)
     )
     embedder = embedding.load()
-    specs = load_specs(platform.collections_file)
     base_url = llm_base_url(llm_settings, platform)
     llm = build_llm(llm_settings.backend, base_url, llm_settings.model, llm_settings.api_key, llm_settings.context_window,
                     llm_settings.max_answer_tokens, llm_settings.timeout_s)  # fmt: skip

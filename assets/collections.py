@@ -27,6 +27,14 @@ class SourceSpec(BaseModel, frozen=True):
     repository: str = Field(default="", description="Repository full name whose push webhooks refresh this collection.")
 
 
+class QdrantSpec(BaseModel, frozen=True):
+    """How a collection is spread over a Qdrant server or cluster when it is created (pgvector ignores it);
+    the server's defaults where unset."""
+
+    shard_number: int | None = Field(default=None, ge=1)
+    replication_factor: int | None = Field(default=None, ge=1)
+
+
 class CollectionSpec(BaseModel, frozen=True):
     """One collection: how its documents are chunked, what metadata they keep, when they refresh."""
 
@@ -44,6 +52,7 @@ class CollectionSpec(BaseModel, frozen=True):
     # How much a chunk gains from its document's second-best chunk (several chunks of one document on the
     # question); 0 where it measurably hurt (manifests: one file holding many resources is not more relevant).
     document_weight: float = Field(default=0.1, ge=0.0, le=1.0)
+    qdrant: QdrantSpec = QdrantSpec()
 
     @field_validator("name")
     @classmethod

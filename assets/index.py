@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from assets.collections import QdrantSpec
 from assets.extract import ACL_KEY, parse_groups
 from assets.sparse import DIMENSIONS, SparseVector
 
@@ -465,8 +468,11 @@ class PgVectorIndex(VectorIndex):
 
 
 class QdrantIndex(VectorIndex):
-    """A Qdrant collection per knowledge-base collection: named dense vector plus a sparse vector
-    with Qdrant's IDF modifier, which turns the stored BM25 term weights into BM25 scores."""
+    """A Qdrant collection per knowledge-base collection, through LlamaIndex's `QdrantVectorStore`: a named dense
+    vector plus a sparse vector with Qdrant's IDF modifier, which turns the stored BM25 term weights into BM25
+    scores. Points are written and searched by the store (its payload: the node as LlamaIndex stores it, our
+    chunk fields as node metadata); collections are created here, with the layout from collections.yaml, and bulk
+    reads page through the store's client."""
 
     DENSE = "dense"
     SPARSE = "bm25"
@@ -475,12 +481,40 @@ class QdrantIndex(VectorIndex):
     # old version for the moments in between; the next write's version supersedes it).
     VERSIONS = "kb_index_versions"
 
-    def __init__(self, url: str | None = None, path: Path | None = None, api_key: str | None = None) -> None:
+    def __init__(
+        self, url: str | None = None, path: Path | None = None, api_key: str | None = None,
+        layouts: Mapping[str, QdrantSpec] | None = None,
+    ) -> None:  # fmt: skip
         from qdrant_client import QdrantClient
 
         if bool(url) == bool(path):
             raise ValueError("QdrantIndex needs exactly one of url (server) or path (local mode)")
         self._client = QdrantClient(url=url, api_key=api_key) if url else QdrantClient(path=str(path))
+        self._layouts = dict(layouts or {})
+        self._stores: dict[str, Any] = {}
+        self._write_lock = threading.Lock()
+        # The BM25 weights of the points being written, in order: computed at ingestion from the chunk's text with
+        # its path and split identifiers (assets/sparse.py), which the store's per-text encoder callback cannot see.
+        self._pending_sparse: deque[SparseVector] = deque()
+
+    def _store(self, collection: str) -> Any:
+        from llama_index.vector_stores.qdrant import QdrantVectorStore
+
+        store = self._stores.get(collection)
+        if store is None:
+            layout = self._layouts.get(collection, QdrantSpec())
+            store = QdrantVectorStore(
+                collection_name=collection, client=self._client, enable_hybrid=True, batch_size=256,
+                dense_vector_name=self.DENSE, sparse_vector_name=self.SPARSE,
+                sparse_doc_fn=self._stored_sparse, sparse_query_fn=_term_query,
+                shard_number=layout.shard_number, replication_factor=layout.replication_factor,
+            )  # fmt: skip
+            self._stores[collection] = store
+        return store
+
+    def _stored_sparse(self, texts: list[str]) -> tuple[list[list[int]], list[list[float]]]:
+        vectors = [self._pending_sparse.popleft() for _ in texts]
+        return [list(map(int, v.indices)) for v in vectors], [list(map(float, v.values)) for v in vectors]
 
     def ensure_collection(self, collection: str, dimension: int) -> None:
         from qdrant_client import models
@@ -491,12 +525,16 @@ class QdrantIndex(VectorIndex):
                 return
             self._client.delete_collection(collection)
             self._bump_version(collection)
+        layout = self._layouts.get(collection, QdrantSpec())
         self._client.create_collection(
             collection,
             vectors_config={self.DENSE: models.VectorParams(size=dimension, distance=models.Distance.COSINE)},
             sparse_vectors_config={self.SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+            shard_number=layout.shard_number,
+            replication_factor=layout.replication_factor,
         )
         self._client.create_payload_index(collection, "doc_id", models.PayloadSchemaType.KEYWORD)
+        self._stores.pop(collection, None)  # a store caches whether its collection exists
 
     def _scroll(self, collection: str, flt: Any, with_vectors: Any) -> list[Any]:
         if not self._client.collection_exists(collection):
@@ -532,36 +570,15 @@ class QdrantIndex(VectorIndex):
         return {p.payload["chunk_hash"]: np.asarray(p.vector[self.DENSE], dtype=np.float32) for p in points}
 
     def write(self, collection: str, upserts: Sequence[IndexPoint], delete_ids: Sequence[str]) -> None:
-        from qdrant_client import models
-
         # Upserts land before deletes: an interrupted run leaves extra points, never missing ones,
         # and document_hashes() flags the document for the next run.
-        for start in range(0, len(upserts), 256):
-            batch = upserts[start : start + 256]
-            self._client.upsert(
-                collection,
-                points=[
-                    models.PointStruct(
-                        id=p.chunk_id,
-                        vector={
-                            self.DENSE: p.dense.tolist(),
-                            self.SPARSE: models.SparseVector(indices=list(p.sparse.indices), values=list(p.sparse.values)),
-                        },
-                        payload={
-                            "doc_id": p.doc_id,
-                            "doc_hash": p.doc_hash,
-                            "chunk_no": p.chunk_no,
-                            "chunk_hash": p.chunk_hash,
-                            "text": p.text,
-                            "metadata": stored_metadata(p.metadata),
-                        },
-                    )  # fmt: skip
-                    for p in batch
-                ],
-                wait=True,
-            )
-        if delete_ids:
-            self._client.delete(collection, points_selector=models.PointIdsList(points=list(delete_ids)), wait=True)
+        store = self._store(collection)
+        with self._write_lock:
+            self._pending_sparse = deque(p.sparse for p in upserts)
+            if upserts:
+                store.add([_node_of(p) for p in upserts])
+            if delete_ids:
+                store.delete_nodes(node_ids=list(delete_ids))
         self._bump_version(collection)
 
     def _bump_version(self, collection: str) -> None:
@@ -591,11 +608,13 @@ class QdrantIndex(VectorIndex):
         return int(self._client.count(collection, exact=True).count)
 
     def document_chunks(self, collection: str, doc_id: str, groups: Groups = None) -> list[Hit]:
+        from llama_index.core.vector_stores.utils import metadata_dict_to_node
+
         selector = self._doc_filter([doc_id])
         if groups is not None:
             selector = type(selector)(must=[*selector.must, self._acl_condition(groups)])
         points = sorted(self._scroll(collection, selector, with_vectors=False), key=lambda p: p.payload["chunk_no"])
-        return [Hit(str(p.id), doc_id, 0.0, p.payload["text"], p.payload["metadata"]) for p in points]
+        return [_hit_of(metadata_dict_to_node(dict(p.payload)), 0.0) for p in points]
 
     @staticmethod
     def _acl_condition(groups: Sequence[str]) -> Any:
@@ -621,33 +640,60 @@ class QdrantIndex(VectorIndex):
             must.append(cls._acl_condition(groups))
         return models.Filter(must=must) if must else None
 
-    def _query(self, collection: str, query: Any, using: str, limit: int, filters: Filters | None, groups: Groups) -> list[Hit]:
+    def _query(self, collection: str, query: Any, limit: int, filters: Filters | None, groups: Groups) -> list[Hit]:
         if not self._client.collection_exists(collection):
             return []
-        result = self._client.query_points(
-            collection, query=query, using=using, limit=limit, query_filter=self._filter(filters, groups), with_payload=True
-        )
-        return [
-            Hit(str(p.id), p.payload["doc_id"], float(p.score), p.payload["text"], p.payload["metadata"]) for p in result.points
-        ]
+        result = self._store(collection).query(query, qdrant_filters=self._filter(filters, groups))
+        return [_hit_of(node, float(score)) for node, score in zip(result.nodes, result.similarities, strict=True)]
 
     def dense_search(self, collection: str, vector: NDArray[np.float32], limit: int, filters: Filters | None = None,
                      groups: Groups = None) -> list[Hit]:  # fmt: skip
-        return self._query(collection, vector.tolist(), self.DENSE, limit, filters, groups)
+        from llama_index.core.vector_stores.types import VectorStoreQuery
+
+        return self._query(collection, VectorStoreQuery(query_embedding=vector.tolist(), similarity_top_k=limit), limit,
+                           filters, groups)  # fmt: skip
 
     def sparse_search(self, collection: str, terms: Sequence[int], limit: int, filters: Filters | None = None,
                       groups: Groups = None) -> list[Hit]:  # fmt: skip
-        from qdrant_client import models
+        from llama_index.core.vector_stores.types import VectorStoreQuery, VectorStoreQueryMode
 
         if not terms:
             return []
-        query = models.SparseVector(indices=list(terms), values=[1.0] * len(terms))
-        return self._query(collection, query, self.SPARSE, limit, filters, groups)
+        # The store encodes a query string with `_term_query`: here, the term ids themselves.
+        query = VectorStoreQuery(query_str=" ".join(map(str, terms)), mode=VectorStoreQueryMode.SPARSE,
+                                 similarity_top_k=limit, sparse_top_k=limit)  # fmt: skip
+        return self._query(collection, query, limit, filters, groups)
 
     def drop_collection(self, collection: str) -> None:
         if self._client.collection_exists(collection):
             self._client.delete_collection(collection)
+        self._stores.pop(collection, None)
         self._bump_version(collection)
 
     def close(self) -> None:
         self._client.close()
+
+
+def _term_query(texts: list[str]) -> tuple[list[list[int]], list[list[float]]]:
+    """The sparse query of each "query string", which `QdrantIndex.sparse_search` makes of the question's term ids:
+    every term weighs 1, and the collection's IDF modifier weighs the terms."""
+    indices = [[int(t) for t in text.split()] for text in texts]
+    return indices, [[1.0] * len(i) for i in indices]
+
+
+def _node_of(point: IndexPoint) -> Any:
+    """A chunk as the LlamaIndex node the Qdrant store writes: its text, vector, document and our fields."""
+    from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
+
+    fields = {"doc_hash": point.doc_hash, "chunk_no": point.chunk_no, "chunk_hash": point.chunk_hash,
+              "metadata": stored_metadata(point.metadata)}  # fmt: skip
+    return TextNode(
+        id_=point.chunk_id, text=point.text, embedding=point.dense.tolist(), metadata=fields,
+        relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id=point.doc_id)},
+        excluded_embed_metadata_keys=list(fields), excluded_llm_metadata_keys=list(fields),
+    )  # fmt: skip
+
+
+def _hit_of(node: Any, score: float) -> Hit:
+    """A node the Qdrant store wrote (its payload parsed by LlamaIndex) as a search hit."""
+    return Hit(node.node_id, str(node.ref_doc_id), score, node.get_content(), dict(node.metadata.get("metadata") or {}))

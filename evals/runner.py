@@ -92,3 +92,17 @@ def run_systems(
     for system in SYSTEMS:
         results[system]["ms_per_query"] = round(1000 * seconds[system] / max(len(evalset.queries), 1), 1)
     return results
+
+
+def run_peer(evalset: EvalSet, built: BuiltIndex, embedder: Embedder, index: VectorIndex) -> dict[str, Any]:
+    """The LlamaIndex peer (kb/peer.py) over the chunks and vectors of the same index, scored like the systems."""
+    from kb.peer import LlamaIndexPeer, stored_points
+
+    peer = LlamaIndexPeer(stored_points(index, built.collection), embedder)
+    rankings: dict[str, list[str]] = {}
+    started = time.perf_counter()
+    for query in evalset.queries:
+        rankings[query.id] = dedupe(built.doc_of_file[d] for d in peer.documents(query.text))
+    result = score_run(rankings, evalset.qrels)
+    result["ms_per_query"] = round(1000 * (time.perf_counter() - started) / max(len(evalset.queries), 1), 1)
+    return result

@@ -15,7 +15,7 @@ from assets.collections import load_specs
 from assets.embed import Embedder
 from assets.index import PgVectorIndex, QdrantIndex, VectorIndex
 from evals.datasets import DatasetError, EvalSet, load_dataset
-from evals.runner import BuiltIndex, build_index, run_systems
+from evals.runner import BuiltIndex, build_index, run_peer, run_systems
 from kb.platform import free_port
 from kb.postgres import EmbeddedPostgres
 from kb.settings import EmbeddingSettings, PlatformSettings
@@ -61,7 +61,9 @@ def evaluate_retrieval(
     embedding: EmbeddingSettings,
     console: Console,
     backend: Backend = "pgvector",
+    peer: bool = False,
 ) -> dict[str, Any]:
+    """The four systems on one set; with `peer`, LlamaIndex's documented hybrid pipeline over the same chunks too."""
     evalset = load_dataset(dataset, variant, corpus_variant, collection)
     if limit:
         evalset.queries = evalset.queries[:limit]
@@ -76,6 +78,8 @@ def evaluate_retrieval(
                 default_reranker(embedder=embedder, specs=[built.spec]),
                 dense_languages=embedding.languages,
             )
+            if peer:
+                systems["llamaindex_peer"] = run_peer(evalset, built, embedder, index)
     return {
         "dataset": evalset.label,
         "collection": name,

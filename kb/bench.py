@@ -179,18 +179,16 @@ def bench_questions(texts: list[str], count: int, seed: int = 5) -> list[str]:
     return questions
 
 
-def synthetic_points(chunks: int, dimension: int, seed: int = 11) -> list[Any]:
-    """Random unit vectors and Zipf-distributed text of 200 words a chunk: retrieval latency depends on
-    the index size and shape, not on what the vectors mean, and embedding 100,000 chunks here would take
-    hours. Questions are drawn from the texts."""
-    import numpy as np
-
+def synthetic_points(chunks: int, base: Any, seed: int = 11) -> list[Any]:
+    """Zipf-distributed text of 200 words a chunk, with vectors grown from real passages' embeddings
+    (kb/bench_quality.py): latency and recall depend on the index's size and shape, and embedding 100,000 chunks
+    here would take hours. Questions are drawn from the texts."""
     from assets.index import IndexPoint
     from assets.sparse import bm25_document_vector
+    from kb.bench_quality import grown_vectors
 
     texts = synthetic_texts(chunks, 200, seed)
-    vectors = np.random.default_rng(seed).standard_normal((chunks, dimension)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = grown_vectors(base, chunks, seed)
     return [
         IndexPoint(
             str(uuid.UUID(int=n + 1)),
@@ -226,6 +224,61 @@ def _floor_timings(embedder: Any, floor: Any, questions: list[str], n_clients: i
         return [t for part in pool.map(work_on, range(n_clients)) for t in part]
 
 
+RECALL_QUERIES = 50
+PEER_MAX_CHUNKS = 100_000  # LlamaIndex's in-memory store holds vectors as Python lists: 1M chunks would need ~30 GiB
+
+
+def _peer_timings(peer: Any, questions: list[str], n_clients: int) -> list[Any]:
+    """The LlamaIndex peer (kb/peer.py) for the same questions on as many threads as clients."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kb.peer import peer_of
+
+    def work_on(slot: int) -> list[Any]:
+        return [peer_of(q, peer) for q in questions[slot::n_clients]]
+
+    with ThreadPoolExecutor(n_clients) as pool:
+        return [t for part in pool.map(work_on, range(n_clients)) for t in part]
+
+
+def _dense_recall(url: str, collection: str, floor: Any, vectors: Any, base: Any, ids: list[str]) -> dict[str, float]:
+    """recall@10 against exact cosine search of every vector: pgvector's HNSW (ours) and Qdrant's (the floor), for
+    held-out vectors drawn like the indexed ones."""
+    from assets.index import PgVectorIndex
+    from kb.bench_quality import exact_top, grown_vectors, recall_at_10
+
+    queries = grown_vectors(base, RECALL_QUERIES, seed=97)
+    exact = [[ids[r] for r in row] for row in exact_top(vectors, queries)]
+    index = PgVectorIndex(url)
+    try:
+        ours = [[h.chunk_id for h in index.dense_search(collection, q, 10)] for q in queries]
+    finally:
+        index.close()
+    floor_found = [floor.dense(q, 10) for q in queries]
+    return {"dense": recall_at_10(ours, exact), "floor_dense": recall_at_10(floor_found, exact)}
+
+
+PEER_EVAL_SET = "prom_runbooks"
+
+
+def _peer_quality(embedding: EmbeddingSettings, console: Console) -> dict[str, Any]:
+    """nDCG@10 of ours (hybrid + rerank) and of the peer over the same chunks of one shared eval set."""
+    from evals.suite import evaluate_retrieval
+    from kb.bench_quality import EVALSETS
+
+    dataset = EVALSETS / PEER_EVAL_SET
+    if not dataset.is_dir():
+        return {"skipped": f"{dataset} is not here (the eval sets live beside the checkout)"}
+    result = evaluate_retrieval(dataset, None, None, None, None, PlatformSettings(), embedding, console, peer=True)
+    systems = result["systems"]
+    return {
+        "set": result["dataset"],
+        "queries": result["queries"],
+        "ndcg@10": {"ours": systems["hybrid_rerank"]["ndcg@10"], "peer": systems["llamaindex_peer"]["ndcg@10"]},
+        "ms_per_query": {"ours": systems["hybrid_rerank"]["ms_per_query"], "peer": systems["llamaindex_peer"]["ms_per_query"]},
+    }
+
+
 def run_query_benchmark(
     sizes: list[int], clients: list[int], queries: int, console: Console, llm_model: Path | None = None, llm_questions: int = 0
 ) -> dict[str, Any]:
@@ -234,10 +287,13 @@ def run_query_benchmark(
     model, time to first token and tokens/s through /v1/chat/completions against the LLM server direct."""
     from concurrent.futures import ThreadPoolExecutor
 
+    import numpy as np
     import yaml
 
     from assets.index import PgVectorIndex
+    from kb.bench_quality import describe, embedding_base, folder_mb, resident_mb, table_mb
     from kb.floor import EdgeFloor, ratios
+    from kb.peer import LlamaIndexPeer
     from query_engine.engine import AnswerEngine
     from query_engine.rerank import EvidenceReranker
 
@@ -246,20 +302,45 @@ def run_query_benchmark(
     url = server.start()
     embedding = EmbeddingSettings()
     embedder = embedding.load()
+    console.log("embedding the real passages the index vectors are grown from")
+    real, origin = embedding_base(embedder)
     questions: list[str] = []
-    results: dict[str, Any] = {"backend": "pgvector (embedded PostgreSQL, HNSW)", "queries": queries, "sizes": {}}
+    results: dict[str, Any] = {
+        "backend": "pgvector (embedded PostgreSQL, HNSW)",
+        "queries": queries,
+        "vectors": describe(origin),
+        "peer": "LlamaIndex VectorStoreIndex (in memory) + BM25Retriever (bm25s) + QueryFusionRetriever (RRF), same vectors",
+        "sizes": {},
+    }
     try:
         loader = PgVectorIndex(url)
         for size in sizes:
             collection = f"bench_q{size}"
             console.log(f"filling {collection} and the floor's engine with {size} synthetic chunks")
-            points = synthetic_points(size, embedder.dimension)
+            points = synthetic_points(size, real)
+            started = time.perf_counter()
             _fill_synthetic(loader, collection, points, embedder.dimension)
+            fill_s = time.perf_counter() - started
             floor = EdgeFloor(work / f"edge-{size}", embedder.dimension)
+            started = time.perf_counter()
             floor.load(points)
+            floor_fill_s = time.perf_counter() - started
             questions = bench_questions([p.text for p in points], queries)
+            vectors = np.stack([p.dense for p in points])
+            ids = [p.chunk_id for p in points]
+            peer = LlamaIndexPeer(points, embedder) if size <= PEER_MAX_CHUNKS else None
             del points
-            by_clients: dict[str, Any] = {}
+            by_clients: dict[str, Any] = {
+                "index_build_s": {"pgvector": round(fill_s, 1), "floor": round(floor_fill_s, 1)},
+                "disk_mb": {
+                    "pgvector": table_mb(url, [PgVectorIndex._table(collection), PgVectorIndex._df_table(collection)]),
+                    "floor": folder_mb(work / f"edge-{size}"),
+                },
+                "resident_mb": resident_mb([pid for pid in [server.postmaster_pid()] if pid]),
+            }
+            console.log(f"{collection}: recall@10 against exact search")
+            by_clients["recall_at_10"] = _dense_recall(url, collection, floor, vectors, real, ids)
+            del vectors, ids
             for n_clients in clients:
                 engines = [
                     AnswerEngine(PgVectorIndex(url), embedder, [collection], EvidenceReranker(), None) for _ in range(n_clients)
@@ -287,8 +368,15 @@ def run_query_benchmark(
                 entry["floor_ms"] = _percentiles([f.total_ms for f in floors])
                 entry["floor_embed_ms"] = _percentiles([f.embed_ms for f in floors])
                 entry["floor_search_ms"] = _percentiles([f.search_ms for f in floors])
+                if peer is not None:
+                    entry["peer_ms"] = _percentiles([t.ms for t in _peer_timings(peer, questions, n_clients)])
                 by_clients[f"{n_clients}_clients"] = {**entry, **ratios(entry["retrieval_ms"], entry["floor_ms"])}
             by_clients["bm25_candidates"] = _pruning_agreement(url, collection, questions)
+            # The sparse stage's only approximation is its rare-term candidate list (assets/sparse.py).
+            by_clients["recall_at_10"]["sparse"] = by_clients["bm25_candidates"]["exact_top10_kept"]
+            if peer is None:
+                by_clients["peer_skipped"] = f"above {PEER_MAX_CHUNKS} chunks the peer's in-memory store does not fit"
+            del peer
             by_clients["cache"] = _cache_benchmark(url, embedder, collection, questions)
             floor.close()
             results["sizes"][str(size)] = by_clients
@@ -309,6 +397,7 @@ def run_query_benchmark(
             results["api_overhead"] = _api_overhead(base, engine, questions)
         finally:
             runtime.stop()
+        results["peer_quality"] = _peer_quality(embedding, console)
         if llm_model is not None and llm_questions > 0:
             results["llm"] = _llm_benchmark(url, work, llm_model, SAMPLE_QUESTIONS[:llm_questions], console)
         return results

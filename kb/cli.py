@@ -419,6 +419,9 @@ def eval_retrieval(
         Literal["pgvector", "qdrant"],
         typer.Option(help="Scratch index: pgvector (the platform default, embedded PostgreSQL) or qdrant (local mode)."),
     ] = "pgvector",
+    peer: Annotated[
+        bool, typer.Option("--peer", help="Also score LlamaIndex's documented hybrid pipeline over the same chunks.")
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """BM25, dense, hybrid and hybrid+rerank on one set, in one run, through the project's own pipeline."""
@@ -428,10 +431,12 @@ def eval_retrieval(
 
     platform, _, _, embedding = _settings()
     try:
-        result = evaluate_retrieval(dataset, variant, corpus_variant, collection, limit, platform, embedding, console, backend)
+        result = evaluate_retrieval(
+            dataset, variant, corpus_variant, collection, limit, platform, embedding, console, backend, peer
+        )
     except DatasetError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    tags = tuple(t for t in (embedding.backend, backend) if t not in ("dual", "pgvector"))
+    tags = tuple(t for t in (embedding.backend, backend, "peer" if peer else "") if t not in ("dual", "pgvector", ""))
     result["results_file"] = str(write_result("retrieval", result["dataset"], result, tags))
     _emit(result, as_json)
 

@@ -69,6 +69,13 @@ class EdgeFloor:
         request = QueryRequest(limit=limit, query=Fusion.Rrf(k=60), prefetches=prefetches, with_payload=False)
         return [str(p.id) for p in self.shard.query(request)]
 
+    def dense(self, vector: NDArray[np.float32], limit: int = 10) -> list[str]:
+        """HNSW dense search alone (its recall is measured against exact search)."""
+        from qdrant_edge import Query, QueryRequest
+
+        request = QueryRequest(limit=limit, query=Query.Nearest(vector.tolist(), using=DENSE), with_payload=False)
+        return [str(p.id) for p in self.shard.query(request)]
+
     def close(self) -> None:
         self.shard.close()
 

@@ -31,6 +31,7 @@ def build_resources(
             qdrant_url=index.qdrant_url,
             qdrant_path=str(index.qdrant_path) if index.qdrant_path else None,
             qdrant_api_key=index.qdrant_api_key,
+            collections_file=str(platform.collections_file),
         ),
         "embedder": EmbedderResource(**embedding.resource_fields()),
         "storage": StorageResource(

@@ -9,16 +9,22 @@ import dagster as dg
 
 from assets.budget import ParseBudget
 from assets.embed import DEFAULT_BACKEND, Embedder, embedder_fingerprint, load_embedder
+from assets.collections import load_specs
 from assets.index import PgVectorIndex, QdrantIndex, VectorIndex
 from assets.stages import ExtractResult, ParseResult, Quarantined
 from kb.quarantine import QuarantineRecord, list_records, replace_records
 
 
 @cache
-def _open_index(database_url: str | None, qdrant_url: str | None, qdrant_path: str | None, api_key: str | None) -> VectorIndex:
+def _open_index(
+    database_url: str | None, qdrant_url: str | None, qdrant_path: str | None, api_key: str | None,
+    collections_file: str | None,
+) -> VectorIndex:  # fmt: skip
     # One client per process: Qdrant's local mode locks its folder, and connections are reused across steps.
     if qdrant_url or qdrant_path:
-        return QdrantIndex(url=qdrant_url, path=Path(qdrant_path) if qdrant_path else None, api_key=api_key)
+        # Ingestion creates the collections: each with its shards and replicas from collections.yaml.
+        layouts = {s.name: s.qdrant for s in load_specs(Path(collections_file))} if collections_file else {}
+        return QdrantIndex(url=qdrant_url, path=Path(qdrant_path) if qdrant_path else None, api_key=api_key, layouts=layouts)
     if not database_url:
         raise ValueError("no index configured: set DATABASE_URL (pgvector) or QDRANT_URL / QDRANT_PATH")
     return PgVectorIndex(database_url)
@@ -31,9 +37,10 @@ class IndexResource(dg.ConfigurableResource):
     qdrant_url: str | None = None
     qdrant_path: str | None = None
     qdrant_api_key: str | None = None
+    collections_file: str | None = None  # the `qdrant:` layout of each collection a Qdrant index creates
 
     def get(self) -> VectorIndex:
-        return _open_index(self.database_url, self.qdrant_url, self.qdrant_path, self.qdrant_api_key)
+        return _open_index(self.database_url, self.qdrant_url, self.qdrant_path, self.qdrant_api_key, self.collections_file)
 
 
 class EmbedderResource(dg.ConfigurableResource):
