@@ -513,6 +513,8 @@ def test_the_operator_files_load_as_the_platform_reads_them(manifests: list[Mani
     (tmp_path / "collections.yaml").write_text(files["collections.yaml"])
     specs = load_specs(tmp_path / "collections.yaml")
     assert specs and all(spec.source.kind == "git" and "://" in spec.source.path for spec in specs)
+    # Qdrant runs as 3 peers (qdrant.yaml): a shard per peer, each on two of them.
+    assert all((spec.qdrant.shard_number, spec.qdrant.replication_factor) == (3, 2) for spec in specs)
     assert parse_connectors(yaml.safe_load(files["connectors.yaml"])).live() == []
     mounted = {f"/etc/kb/{name}" for name in files}
     assert {env["KB_COLLECTIONS_FILE"], env["KB_CONNECTORS_FILE"]} <= mounted
