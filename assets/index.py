@@ -174,6 +174,13 @@ def _as_list(value: str | Sequence[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
+# The HNSW graph of every collection. ef_construction 128 (pgvector's default is 64) measured on 100,000 vectors grown
+# from real passages' embeddings (README, "Floor, peer and recall"), at the hnsw.ef_search of 200 queries use:
+# recall@10 against exact search 0.974 -> 0.998, dense search p50 2.4 -> 3.4 ms, graph build 23 -> 43 s;
+# m 24 gave no more recall at a slower build.
+HNSW_INDEX = "USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 128)"
+
+
 class PgVectorIndex(VectorIndex):
     """One table per collection in PostgreSQL with pgvector: HNSW on the dense vector, a sparsevec of
     BM25 weights, and the term ids in a GIN-indexed array to count document frequencies."""
@@ -305,7 +312,7 @@ class PgVectorIndex(VectorIndex):
                     terms int[] NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())"""
             )
             conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_doc ON {t} (doc_id)")
-            conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_hnsw ON {t} USING hnsw (embedding vector_cosine_ops)")
+            conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_hnsw ON {t} {HNSW_INDEX}")
             conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_terms ON {t} USING gin (terms)")
             conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_meta ON {t} USING gin (metadata jsonb_path_ops)")
             # Document frequency per term, kept in step with the chunks by every write: BM25's IDF at query
@@ -395,7 +402,7 @@ class PgVectorIndex(VectorIndex):
                     ON CONFLICT (term) DO UPDATE SET df = {df}.df + EXCLUDED.df"""
             )
             if rebuild:
-                cur.execute(f"CREATE INDEX {t}_hnsw ON {t} USING hnsw (embedding vector_cosine_ops)")
+                cur.execute(f"CREATE INDEX {t}_hnsw ON {t} {HNSW_INDEX}")
 
     def count(self, collection: str) -> int:
         rows = self._rows_if_exists(f"SELECT count(*) FROM {self._table(collection)}")

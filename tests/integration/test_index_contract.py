@@ -133,6 +133,29 @@ def test_pgvector_write_is_atomic(postgres_url: str, embedder) -> None:  # type:
     index.close()
 
 
+def test_pgvector_builds_its_hnsw_graph_with_the_measured_parameters(postgres_url: str, embedder) -> None:  # type: ignore[no-untyped-def]
+    import psycopg
+
+    index = PgVectorIndex(postgres_url)
+    index.drop_collection("graph")
+    index.ensure_collection("graph", embedder.dimension)
+    many = [
+        IndexPoint(chunk_id("graph", f"d{i}.md", 0), f"d{i}.md", "v1", 0, f"h{i}", f"text {i}", {}, p.dense, p.sparse)
+        for i, p in enumerate(points(embedder, TEXTS) * 700)
+    ]
+    with psycopg.connect(postgres_url) as conn:
+        for rows in ([], many):  # as created, then as rebuilt after a bulk load
+            if rows:
+                index.write("graph", rows, [])
+            definition = conn.execute(
+                "SELECT indexdef FROM pg_indexes WHERE indexname = %s", (f"{PgVectorIndex._table('graph')}_hnsw",)
+            ).fetchone()
+            assert definition is not None and "m='16'" in definition[0] and "ef_construction='128'" in definition[0]
+    assert index.count("graph") == len(many)
+    index.drop_collection("graph")
+    index.close()
+
+
 def test_pgvector_document_frequencies_follow_every_write(postgres_url: str, embedder) -> None:  # type: ignore[no-untyped-def]
     index = PgVectorIndex(postgres_url)
     index.drop_collection("dfs")
