@@ -73,9 +73,16 @@ def signals(question: str, top: Sequence[NodeWithScore], candidates: Sequence[No
     partial = Signals(dense, math.nan, _weighted_coverage(question, top, candidates), cross)
     if sentences is None:
         return replace(partial, sentence=0.0)
-    if gate is not None and gate.decided(question, partial) is not None:
+    texts = [n.node.get_content() for n in top]
+    if gate is None:
+        return replace(partial, sentence=max(sentences.best_sentence(question, texts)))
+    if gate.decided(question, partial) is not None:
         return partial
-    return replace(partial, sentence=max(sentences.best_sentence(question, [n.node.get_content() for n in top])))
+    # The best sentence so far is a lower bound of the signal: once the decision is the same there as at the top of
+    # the range (the gate is monotonic in the signal), no later source can change it. Sources in rank order, the
+    # likeliest to hold the best sentence first; the decision is exactly the one every sentence would give.
+    best, _ = sentences.closest_until(question, texts, lambda s: gate.settled(question, replace(partial, sentence=s)))
+    return replace(partial, sentence=best)
 
 
 def gate_key(language: str, cross_lingual: bool) -> str:
@@ -119,6 +126,12 @@ class RelevanceGate:
             return bool(self.decided(question, found))
         gate = self.gate(question, found.cross_lingual)
         return gate.probability(found) >= gate.threshold
+
+    def settled(self, question: str, lower: Signals) -> bool:
+        """Whether the decision at `lower` (the sentence signal a lower bound) holds for every higher value of it."""
+        gate = self.gate(question, lower.cross_lingual)
+        top = replace(lower, sentence=SENTENCE_RANGE[1])
+        return (gate.probability(lower) >= gate.threshold) == (gate.probability(top) >= gate.threshold)
 
     def decided(self, question: str, partial: Signals) -> bool | None:
         """The decision when it is the same for every value the sentence signal can take (a cosine: -1 to 1; the

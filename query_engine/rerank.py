@@ -123,6 +123,18 @@ class SentenceVectors:
         vector = self.encoder.embed_queries([query])[0]
         return [float(np.max(m @ vector)) if len(m) else 0.0 for m in self.of(texts)]
 
+    def closest_until(self, query: str, texts: Sequence[str], enough: Callable[[float], bool]) -> tuple[float, int]:
+        """The best cosine of the question to a sentence of the texts, embedding them one text at a time in order and
+        stopping once `enough` holds for the best so far; with how many texts were read."""
+        vector = self.encoder.embed_queries([query])[0]
+        best = -1.0
+        for read, text in enumerate(texts, start=1):
+            (matrix,) = self.of([text])
+            best = max(best, float(np.max(matrix @ vector)) if len(matrix) else 0.0)
+            if enough(best):
+                return best, read
+        return best, len(texts)
+
 
 @cache
 def sentence_vectors(encoder: Embedder) -> SentenceVectors:

@@ -152,3 +152,46 @@ def test_a_decision_taken_without_the_sentence_signal_is_the_one_the_full_signal
         for sentence in (-1.0, -0.2, 0.0, 0.3, 0.7, 1.0):
             assert gate.relevant(question, Signals(partial.dense, sentence, partial.coverage, partial.cross_lingual)) is decision
     assert decided > 1000  # the shortcut is taken often enough to matter (on uniform signals)
+
+
+class _ScoredSentences:
+    """Sentence vectors stand-in: each text's best sentence cosine is given; counts the texts it was asked to read."""
+
+    def __init__(self, best: dict[str, float]) -> None:
+        self.best = best
+        self.read = 0
+
+    def best_sentence(self, query: str, texts: list[str]) -> list[float]:
+        self.read += len(texts)
+        return [self.best[t] for t in texts]
+
+    def closest_until(self, query: str, texts: list[str], enough) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+        best = -1.0
+        for read, text in enumerate(texts, start=1):
+            self.read += 1
+            best = max(best, self.best[text])
+            if enough(best):
+                return best, read
+        return best, len(texts)
+
+
+def test_sources_read_until_the_decision_is_settled_give_the_decision_every_sentence_gives() -> None:
+    """The sentence signal is the best over the top sources; read in rank order, it stops once no later source can
+    change the decision. Random sources and scores: the same decision as reading all of them, and fewer read."""
+    import random
+
+    gate = RelevanceGate.load()
+    rng = random.Random(11)
+    saved = 0
+    for trial in range(1500):
+        question = rng.choice(["How long is retention of the payments topic?", "Какой срок хранения?", "保留多久?"])
+        texts = [f"source {trial}-{i} about retention" for i in range(6)]
+        scores = {t: rng.uniform(-0.2, 0.9) for t in texts}
+        top = [node(t, dense_score=rng.uniform(0.0, 0.8), lang="en") for t in texts]
+        early, full = _ScoredSentences(scores), _ScoredSentences(scores)
+        found = signals(question, top, top, early, gate)  # type: ignore[arg-type]
+        exact = signals(question, top, top, full)  # type: ignore[arg-type]
+        assert exact.sentence == max(scores.values())
+        assert gate.relevant(question, found) == gate.relevant(question, exact)
+        saved += full.read - early.read
+    assert saved > 1500, "the early stop reads fewer sources often enough to matter"
