@@ -259,7 +259,7 @@ class AnswerEngine:
         # Without a conversation, the sources are all an answer may draw on: a guess none of them supports is refused.
         grounded = GroundedStream(retrieval.sources, evidence, language, multilingual_encoder(self.embedder),
                                   redact=lambda text: mask_secrets(text).text,
-                                  sources_only=not history and not summary)  # fmt: skip
+                                  sources_only=not history and not summary, question=question)  # fmt: skip
         # The sources' vectors are computed while the LLM reads its prompt, off the event loop.
         preparing = asyncio.create_task(asyncio.to_thread(grounded.prepare))
         try:

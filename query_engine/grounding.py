@@ -433,8 +433,10 @@ class GroundedStream:
     def __init__(
         self, sources: Sequence[SourceRef], evidence: Sequence[str] = (), language: str = "en",
         encoder: Embedder | None = None, redact: Callable[[str], str] | None = None, sources_only: bool = False,
+        question: str = "",
     ) -> None:  # fmt: skip
         self.sources = list(sources)
+        self.question = question  # what a short answer ("John Elway.") is the rest of
         self.sources_only = sources_only
         self.language = language
         self.redact = redact or (lambda text: text)
@@ -523,6 +525,11 @@ class GroundedStream:
             # A question (often the user's, repeated back) states nothing a source could support.
             return _rewrite(unit, markers, set(), None, self.report)
         judged = len(claim) >= MIN_JUDGED_CHARS and not unit.lstrip().startswith("#")
+        if not judged and not written and self.question and content_terms(claim):
+            added = self._elliptical_source(claim)
+            if added is not None:
+                self._kind = SUPPORTED
+            return _rewrite(unit, markers, set(), added, self.report)
         if not judged and not (written and content_terms(claim)):
             return _rewrite(unit, markers, set(written), None, self.report)
         scores = self.scorer.scores(claim) if self.sources else []
@@ -537,6 +544,18 @@ class GroundedStream:
         elif (judged or written) and max(scores, default=0.0) < GUESS_THRESHOLD:
             self._kind = UNSUPPORTED  # long enough to judge (or it claimed a source), and no source comes near it
         return _rewrite(unit, markers, keep, added, self.report)
+
+    def _elliptical_source(self, claim: str) -> int | None:
+        """The source of a short answer ("John Elway.", "17 seconds."), too short to judge alone: it states the
+        question with the answer filled in, so its source supports the two together and holds every term of the
+        answer itself. Only a source in the answer's language: across languages nothing checks the answer's own
+        terms, and the question alone would make any relevant source look like support for a wrong answer."""
+        together = self.scorer.lexical(f"{self.question} {claim}")
+        own = self.scorer.lexical(claim)
+        language = detect_language(claim)
+        candidates = [i for i, lang in enumerate(self.scorer.languages) if lang == language and own[i] == 1.0]
+        best = max(candidates, key=together.__getitem__, default=None)
+        return self.sources[best].n if best is not None and together[best] >= SUPPORT_THRESHOLD else None
 
     def _withhold(self, unit: str, missing: list[str], starts_line: bool) -> str:
         if not missing:
