@@ -180,8 +180,12 @@ def build_state() -> AppState:
     register_quarantine_collector(url)  # kb_quarantined_documents{collection,reason}
     specs = load_specs(platform.collections_file)
     index: VectorIndex = (
-        QdrantIndex(url=index_settings.qdrant_url, path=index_settings.qdrant_path, api_key=index_settings.qdrant_api_key,
-                    layouts={s.name: s.qdrant for s in specs})  # fmt: skip
+        QdrantIndex(
+            url=index_settings.qdrant_url,
+            path=index_settings.qdrant_path,
+            api_key=index_settings.qdrant_api_key,
+            layouts={s.name: s.qdrant for s in specs},
+        )  # fmt: skip
         if index_settings.backend == "qdrant"
         else PgVectorIndex(url)
     )

@@ -8,8 +8,8 @@ from pathlib import Path
 import dagster as dg
 
 from assets.budget import ParseBudget
-from assets.embed import DEFAULT_BACKEND, Embedder, embedder_fingerprint, load_embedder
 from assets.collections import load_specs
+from assets.embed import DEFAULT_BACKEND, Embedder, embedder_fingerprint, load_embedder
 from assets.index import PgVectorIndex, QdrantIndex, VectorIndex
 from assets.stages import ExtractResult, ParseResult, Quarantined
 from kb.quarantine import QuarantineRecord, list_records, replace_records
