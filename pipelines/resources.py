@@ -18,7 +18,7 @@ from kb.quarantine import QuarantineRecord, list_records, replace_records
 @cache
 def _open_index(
     database_url: str | None, qdrant_url: str | None, qdrant_path: str | None, api_key: str | None,
-    collections_file: str | None,
+    collections_file: str | None = None,
 ) -> VectorIndex:  # fmt: skip
     # One client per process: Qdrant's local mode locks its folder, and connections are reused across steps.
     if qdrant_url or qdrant_path:
