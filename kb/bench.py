@@ -211,14 +211,13 @@ def _fill_synthetic(index: Any, collection: str, points: list[Any], dimension: i
     index.write(collection, points, [])
 
 
-def _floor_timings(embedder: Any, floor: Any, questions: list[str], n_clients: int) -> list[Any]:
-    """The floor (kb/floor.py) for the same questions on as many threads as clients."""
+def _per_client(search: Callable[[str], Any], questions: list[str], n_clients: int) -> list[Any]:
+    """`search` for the same questions on as many threads as clients, each thread its share in turn (the floor and
+    the peer are timed the way ours is)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from kb.floor import floor_of
-
     def work_on(slot: int) -> list[Any]:
-        return [floor_of(q, embedder, floor) for q in questions[slot::n_clients]]
+        return [search(q) for q in questions[slot::n_clients]]
 
     with ThreadPoolExecutor(n_clients) as pool:
         return [t for part in pool.map(work_on, range(n_clients)) for t in part]
@@ -226,19 +225,6 @@ def _floor_timings(embedder: Any, floor: Any, questions: list[str], n_clients: i
 
 RECALL_QUERIES = 50
 PEER_MAX_CHUNKS = 100_000  # LlamaIndex's in-memory store holds vectors as Python lists: 1M chunks would need ~30 GiB
-
-
-def _peer_timings(peer: Any, questions: list[str], n_clients: int) -> list[Any]:
-    """The LlamaIndex peer (kb/peer.py) for the same questions on as many threads as clients."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from kb.peer import peer_of
-
-    def work_on(slot: int) -> list[Any]:
-        return [peer_of(q, peer) for q in questions[slot::n_clients]]
-
-    with ThreadPoolExecutor(n_clients) as pool:
-        return [t for part in pool.map(work_on, range(n_clients)) for t in part]
 
 
 def _dense_recall(url: str, collection: str, floor: Any, vectors: Any, base: Any, ids: list[str]) -> dict[str, float]:
@@ -292,8 +278,8 @@ def run_query_benchmark(
 
     from assets.index import PgVectorIndex
     from kb.bench_quality import describe, embedding_base, folder_mb, resident_mb, table_mb
-    from kb.floor import EdgeFloor, ratios
-    from kb.peer import LlamaIndexPeer
+    from kb.floor import EdgeFloor, floor_of, ratios
+    from kb.peer import LlamaIndexPeer, peer_of
     from query_engine.engine import AnswerEngine
     from query_engine.rerank import EvidenceReranker
 
@@ -364,12 +350,13 @@ def run_query_benchmark(
                 stages_ = ("embed_ms", "dense_search_ms", "sparse_search_ms", "search_ms", "fuse_ms", "rerank_ms", "gate_ms",
                            "retrieval_ms")  # fmt: skip
                 entry = {s: _percentiles([t[s] for t in timings]) for s in stages_}
-                floors = _floor_timings(embedder, floor, questions, n_clients)
+                floors = _per_client(lambda q, floor=floor: floor_of(q, embedder, floor), questions, n_clients)
                 entry["floor_ms"] = _percentiles([f.total_ms for f in floors])
                 entry["floor_embed_ms"] = _percentiles([f.embed_ms for f in floors])
                 entry["floor_search_ms"] = _percentiles([f.search_ms for f in floors])
                 if peer is not None:
-                    entry["peer_ms"] = _percentiles([t.ms for t in _peer_timings(peer, questions, n_clients)])
+                    peers = _per_client(lambda q, peer=peer: peer_of(q, peer), questions, n_clients)
+                    entry["peer_ms"] = _percentiles([t.ms for t in peers])
                 by_clients[f"{n_clients}_clients"] = {**entry, **ratios(entry["retrieval_ms"], entry["floor_ms"])}
             by_clients["bm25_candidates"] = _pruning_agreement(url, collection, questions)
             # The sparse stage's only approximation is its rare-term candidate list (assets/sparse.py).

@@ -443,8 +443,12 @@ class GroundedStream:
         self.scorer = SupportScorer([s.text for s in self.sources], encoder)
         where = [f"{s.collection}/{s.doc_id} {s.section or ''}" for s in self.sources]
         self.known = KnownText([*(s.text for s in self.sources), *where, *(_OWN_NOTE.sub("", e) for e in evidence)])
-        self.report = GroundingReport()
         self._index = {s.n: i for i, s in enumerate(self.sources)}
+        self._start()
+
+    def _start(self) -> None:
+        """The state of one answer being streamed (the sources, their vectors and the known text are fixed)."""
+        self.report = GroundingReport()
         self._buffer = ""
         self._emitted = ""
         self._at_line_start = True
@@ -458,10 +462,7 @@ class GroundedStream:
     def fresh(self) -> GroundedStream:
         """A new stream over the same sources and evidence, sharing the sentence vectors computed so far."""
         stream = copy.copy(self)
-        stream.report = GroundingReport()
-        stream._buffer, stream._emitted, stream._held, stream._written = "", "", "", ""
-        stream._at_line_start, stream._line_withheld, stream._stated, stream._guessed = True, False, False, False
-        stream._kind = NEUTRAL
+        stream._start()
         return stream
 
     def prepare(self) -> None:

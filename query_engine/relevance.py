@@ -81,7 +81,7 @@ def signals(question: str, top: Sequence[NodeWithScore], candidates: Sequence[No
     # The best sentence so far is a lower bound of the signal: once the decision is the same there as at the top of
     # the range (the gate is monotonic in the signal), no later source can change it. Sources in rank order, the
     # likeliest to hold the best sentence first; the decision is exactly the one every sentence would give.
-    best, _ = sentences.closest_until(question, texts, lambda s: gate.settled(question, replace(partial, sentence=s)))
+    best = sentences.closest_until(question, texts, lambda s: gate.settled(question, replace(partial, sentence=s)))
     return replace(partial, sentence=best)
 
 

@@ -123,17 +123,17 @@ class SentenceVectors:
         vector = self.encoder.embed_queries([query])[0]
         return [float(np.max(m @ vector)) if len(m) else 0.0 for m in self.of(texts)]
 
-    def closest_until(self, query: str, texts: Sequence[str], enough: Callable[[float], bool]) -> tuple[float, int]:
+    def closest_until(self, query: str, texts: Sequence[str], enough: Callable[[float], bool]) -> float:
         """The best cosine of the question to a sentence of the texts, embedding them one text at a time in order and
-        stopping once `enough` holds for the best so far; with how many texts were read."""
+        stopping once `enough` holds for the best so far."""
         vector = self.encoder.embed_queries([query])[0]
         best = -1.0
-        for read, text in enumerate(texts, start=1):
+        for text in texts:
             (matrix,) = self.of([text])
             best = max(best, float(np.max(matrix @ vector)) if len(matrix) else 0.0)
             if enough(best):
-                return best, read
-        return best, len(texts)
+                break
+        return best
 
 
 @cache

@@ -165,14 +165,14 @@ class _ScoredSentences:
         self.read += len(texts)
         return [self.best[t] for t in texts]
 
-    def closest_until(self, query: str, texts: list[str], enough) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+    def closest_until(self, query: str, texts: list[str], enough) -> float:  # type: ignore[no-untyped-def]
         best = -1.0
-        for read, text in enumerate(texts, start=1):
+        for text in texts:
             self.read += 1
             best = max(best, self.best[text])
             if enough(best):
-                return best, read
-        return best, len(texts)
+                break
+        return best
 
 
 def test_sources_read_until_the_decision_is_settled_give_the_decision_every_sentence_gives() -> None:
