@@ -7,10 +7,10 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import dagster as dg
 from rich.console import Console
@@ -179,30 +179,46 @@ def bench_questions(texts: list[str], count: int, seed: int = 5) -> list[str]:
     return questions
 
 
-def synthetic_points(chunks: int, base: Any, seed: int = 11) -> list[Any]:
+class SyntheticPoints(Sequence[Any]):
+    """Index points made on demand from their texts and vectors: a point's BM25 vector (a tuple of term ids and one
+    of weights, ~8 KB as Python objects) would make a million points ~8 GiB held at once; the index and the floor
+    read them once, in order."""
+
+    def __init__(self, texts: list[str], vectors: Any) -> None:
+        self.texts = texts
+        self.vectors = vectors
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @overload
+    def __getitem__(self, n: int) -> Any: ...
+    @overload
+    def __getitem__(self, n: slice) -> list[Any]: ...
+    def __getitem__(self, n: int | slice) -> Any:
+        if isinstance(n, slice):
+            return [self._point(i) for i in range(*n.indices(len(self)))]
+        return self._point(range(len(self))[n])
+
+    def _point(self, n: int) -> Any:
+        from assets.index import IndexPoint
+        from assets.sparse import bm25_document_vector
+
+        text = self.texts[n]
+        return IndexPoint(str(uuid.UUID(int=n + 1)), f"doc-{n // 10}.md", "h", n % 10, f"c{n}", text, {"lang": "en"},
+                          self.vectors[n], bm25_document_vector(text, 200))  # fmt: skip
+
+    def ids(self) -> list[str]:
+        return [str(uuid.UUID(int=n + 1)) for n in range(len(self))]
+
+
+def synthetic_points(chunks: int, base: Any, seed: int = 11) -> SyntheticPoints:
     """Zipf-distributed text of 200 words a chunk, with vectors grown from real passages' embeddings
     (kb/bench_quality.py): latency and recall depend on the index's size and shape, and embedding 100,000 chunks
     here would take hours. Questions are drawn from the texts."""
-    from assets.index import IndexPoint
-    from assets.sparse import bm25_document_vector
     from kb.bench_quality import grown_vectors
 
-    texts = synthetic_texts(chunks, 200, seed)
-    vectors = grown_vectors(base, chunks, seed)
-    return [
-        IndexPoint(
-            str(uuid.UUID(int=n + 1)),
-            f"doc-{n // 10}.md",
-            "h",
-            n % 10,
-            f"c{n}",
-            text,
-            {"lang": "en"},
-            vectors[n],
-            bm25_document_vector(text, 200),
-        )  # fmt: skip
-        for n, text in enumerate(texts)
-    ]
+    return SyntheticPoints(synthetic_texts(chunks, 200, seed), grown_vectors(base, chunks, seed))
 
 
 def _fill_synthetic(index: Any, collection: str, points: list[Any], dimension: int) -> None:
@@ -273,7 +289,6 @@ def run_query_benchmark(
     model, time to first token and tokens/s through /v1/chat/completions against the LLM server direct."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import numpy as np
     import yaml
 
     from assets.index import PgVectorIndex
@@ -311,9 +326,8 @@ def run_query_benchmark(
             started = time.perf_counter()
             floor.load(points)
             floor_fill_s = time.perf_counter() - started
-            questions = bench_questions([p.text for p in points], queries)
-            vectors = np.stack([p.dense for p in points])
-            ids = [p.chunk_id for p in points]
+            questions = bench_questions(points.texts, queries)
+            vectors, ids = points.vectors, points.ids()
             peer = LlamaIndexPeer(points, embedder) if size <= PEER_MAX_CHUNKS else None
             del points
             by_clients: dict[str, Any] = {

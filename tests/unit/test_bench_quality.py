@@ -44,3 +44,24 @@ def test_recall_at_10_is_the_share_of_the_exact_top_10_found() -> None:
 def test_the_sample_knowledge_base_is_the_base_when_no_eval_sets_are_beside_the_checkout(tmp_path) -> None:  # type: ignore[no-untyped-def]
     texts, origin = base_passages(tmp_path / "none", limit=25)
     assert len(texts) == 25 and "sample knowledge base" in origin and all(len(t) > 30 for t in texts)
+
+
+def test_synthetic_points_are_made_on_demand_the_same_each_time() -> None:
+    from kb.bench import synthetic_points
+
+    points = synthetic_points(30, _base(), seed=2)
+    assert len(points) == 30 and len(points[5:9]) == 4 and points[-1].chunk_id == points[29].chunk_id
+    first, again = points[7], points[7]
+    assert first.chunk_id == again.chunk_id and first.sparse == again.sparse
+    assert first.text == points.texts[7] and np.array_equal(first.dense, points.vectors[7])
+    assert [p.chunk_id for p in points] == points.ids() and len(set(points.ids())) == 30
+
+
+def test_the_hnsw_build_memory_holds_the_graph_within_a_share_of_the_machine() -> None:
+    from assets.index import HNSW_MEMORY_FLOOR_MB, hnsw_build_memory_mb
+
+    # 100,000 vectors of 896 floats built a 391 MB graph: the setting must hold it.
+    assert 391 < hnsw_build_memory_mb(100_000, 896, total_mb=24_000) < 600
+    assert 3_900 < hnsw_build_memory_mb(1_000_000, 896, total_mb=24_000) < 6_000
+    assert hnsw_build_memory_mb(1_000_000, 896, total_mb=8_000) == 2_000  # capped at a quarter of the machine
+    assert hnsw_build_memory_mb(2_000, 896, total_mb=24_000) == HNSW_MEMORY_FLOOR_MB

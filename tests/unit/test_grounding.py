@@ -367,7 +367,8 @@ def test_with_sources_only_a_short_chinese_general_knowledge_answer_becomes_the_
 ) -> None:
     # Nine and eleven characters: too short to judge when a CJK character counted as one Latin letter, so such a
     # guess went out uncited (the zh off-topic answers of the 100-question eval).
-    for question, answer in (("大熊猫平时主要吃什么？", "大熊猫平时主要吃竹子。"), ("李白是哪个朝代的诗人？", "李白是唐朝的诗人。")):
+    guesses = (("大熊猫平时主要吃什么？", "大熊猫平时主要吃竹子。"), ("李白是哪个朝代的诗人？", "李白是唐朝的诗人。"))
+    for question, answer in guesses:
         stream = GroundedStream(sources, [question], "zh", encoder, sources_only=True, question=question)
         assert stream.feed(answer) == ""
         assert stream.feed("", final=True) == NOT_FOUND["zh"] and stream.report.refused_after_grounding
