@@ -21,15 +21,7 @@ from assets.mask import mask_secrets
 from query_engine.cache import QueryCache, request_parts
 from query_engine.context import Evidence, closest_passage, compact_texts, context_vectors, sentence_evidence
 from query_engine.grounding import GroundedStream, GroundingReport
-from query_engine.prompts import (
-    ANSWER_LEAD,
-    CLOSEST_PASSAGE,
-    LANGUAGE_NAMES,
-    NOT_FOUND,
-    SYSTEM_PROMPT,
-    estimate_tokens,
-    question_language,
-)
+from query_engine.prompts import CLOSEST_PASSAGE, LANGUAGE_NAMES, NOT_FOUND, SYSTEM_PROMPT, estimate_tokens, question_language
 from query_engine.relevance import RelevanceGate, Signals, signals
 from query_engine.rerank import sentence_vectors
 from query_engine.retrieval import HybridRetriever, to_node
@@ -43,8 +35,8 @@ _CITATION = re.compile(r"\[(\d{1,3})\]")
 QUOTE_THRESHOLD = 0.50
 # The sources' budget when the model is asked again after refusing sources judged relevant (engine._focused).
 FOCUSED_SOURCE_TOKENS = 400
-# Part of a cached answer's key: a changed system prompt (or answer start) makes older answers unreachable.
-_PROMPT_DIGEST = hashlib.sha256("\n".join([SYSTEM_PROMPT, *ANSWER_LEAD.values()]).encode()).hexdigest()[:16]
+# Part of a cached answer's key: a changed system prompt makes older answers unreachable.
+_PROMPT_DIGEST = hashlib.sha256(SYSTEM_PROMPT.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -333,14 +325,7 @@ class AnswerEngine:
         narrowed = replace(retrieval, sources=[retrieval.sources[i] for i in keep])
         renumbered = [[replace(e, source=k) for e in evidence[i]] for k, i in enumerate(keep)]
         focused = self.messages(question, narrowed, evidence=renumbered, source_tokens=FOCUSED_SOURCE_TOKENS)
-        if [m.content for m in focused] == [m.content for m in asked]:
-            return None
-        language = question_language(question)
-        if len(_other_language(narrowed.sources, language)) == len(keep):
-            # Across languages the model refuses again when asked again (7 of 9 ru->en questions): its answer is
-            # started for it, in the question's language.
-            focused.append(ChatMessage(role=MessageRole.ASSISTANT, content=ANSWER_LEAD.get(language, ANSWER_LEAD["en"])))
-        return focused
+        return None if [m.content for m in focused] == [m.content for m in asked] else focused
 
     def _answer_key(self, parts: dict[str, Any] | None, llm: LLM | None) -> dict[str, Any] | None:
         """The retrieval's key and what else decides the answer: the model, the prompt and its budgets."""
@@ -370,15 +355,8 @@ async def _generate(
     llm: LLM, messages: list[ChatMessage], grounded: GroundedStream, clock: _Clock, ready: asyncio.Task[None] | None = None
 ) -> AsyncIterator[str]:
     """What the model writes, through grounding and masking, as it may be sent; `clock` notes the first token,
-    and grounding waits for `ready` (the sources' vectors) before it judges the first one. A final assistant message
-    is the answer's start (ANSWER_LEAD): the server streams only what follows it, so it is fed first."""
+    and grounding waits for `ready` (the sources' vectors) before it judges the first one."""
     try:
-        if messages[-1].role == MessageRole.ASSISTANT and messages[-1].content:
-            if ready is not None:
-                await ready
-            emitted = mask_secrets(grounded.feed(messages[-1].content)).text
-            if emitted:
-                yield emitted
         stream = await llm.astream_chat(messages)
         async for chunk in stream:
             delta = chunk.delta or ""

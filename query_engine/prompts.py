@@ -19,12 +19,6 @@ CLOSEST_PASSAGE = {
     "zh": "资料没有直接给出答案；最接近的原文见 [{n}]：",
 }
 
-# The start of the model's answer when it is asked again over sources in another language (engine._focused): the
-# 1.5B model answers "Я не нашёл…" to a Russian question over the English paragraph that answers it, asked twice,
-# but goes on from an answer's first words (llama.cpp continues a final assistant message). What it writes is
-# grounded like any answer, so a continuation no source supports is still refused.
-ANSWER_LEAD = {"en": "According to the sources,", "ru": "Согласно источникам,", "zh": "根据资料，"}
-
 SYSTEM_PROMPT = """You are the knowledge assistant of an engineering team.
 Answer the question using only the numbered sources below.
 Rules:
