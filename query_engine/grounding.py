@@ -549,21 +549,11 @@ class GroundedStream:
         if judged and not keep and not cites_tool and scores:
             best = max(range(len(scores)), key=lambda i: scores[i])
             added = self.sources[best].n if scores[best] >= SUPPORT_THRESHOLD else None
-        if (keep or added is not None) and not cites_tool and self._echoes_question(claim):
-            # Every term of it is the question's: a source that shares the question's words "supports" it (an alert
-            # without a runbook, repeated back citing a neighbour's runbook), yet it tells the asker nothing. It
-            # keeps its marker, but with `sources_only` it is no answer on its own.
-            self._kind = UNSUPPORTED
-        elif keep or added is not None or cites_tool:
+        if keep or added is not None or cites_tool:
             self._kind = SUPPORTED
         elif (judged or written) and max(scores, default=0.0) < GUESS_THRESHOLD and not self._near_with_question(claim):
             self._kind = UNSUPPORTED  # long enough to judge (or it claimed a source), and no source comes near it
         return _rewrite(unit, markers, keep, added, self.report)
-
-    def _echoes_question(self, claim: str) -> bool:
-        """Whether the statement says nothing but the question's own terms."""
-        terms = content_terms(claim)
-        return bool(self.question and terms) and terms <= content_terms(self.question)
 
     def _near_with_question(self, claim: str) -> bool:
         """Whether a source in another language comes near the claim read together with the question: how

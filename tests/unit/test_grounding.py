@@ -387,18 +387,3 @@ def test_a_short_answer_across_languages_is_judged_together_with_its_question(
     assert stream.feed(answer, final=True) == answer and not stream.report.refused_after_grounding
     lone = GroundedStream(sources, [question], "zh", encoder, sources_only=True)  # no question to read it with
     assert lone.feed(answer, final=True) == NOT_FOUND["zh"]
-
-
-def test_with_sources_only_an_answer_that_repeats_the_question_back_is_the_refusal(sources: list[SourceRef]) -> None:
-    # An alert without a runbook, repeated back: a runbook sharing its words "supports" it, yet it answers nothing.
-    question = "The primary database is down and Patroni must promote a replica. What should the on-call engineer do?"
-    echo = "The primary database is down and Patroni must promote a replica [1]."
-    assert support(echo, sources[0].text) >= SUPPORT_THRESHOLD
-    stream = GroundedStream(sources, [question], "en", sources_only=True, question=question)
-    assert stream.feed(echo) == ""
-    assert stream.feed("", final=True) == NOT_FOUND["en"] and stream.report.refused_after_grounding
-    # Followed by what the runbook says to do, the repeated question goes out with it, marker and all.
-    answered = GroundedStream(sources, [question], "en", sources_only=True, question=question)
-    step = "Patroni promotes the most up-to-date replica within 30 seconds [1].\n"
-    assert answered.feed(echo + "\n") == "" and answered.feed(step) == echo + "\n" + step
-    assert not answered.feed("", final=True) and not answered.report.refused_after_grounding
