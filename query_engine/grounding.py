@@ -546,7 +546,10 @@ class GroundedStream:
         keep = {n for n in written if scores[self._index[n]] >= SUPPORT_THRESHOLD}
         added = None
         cites_tool = bool(_TOOL_LABEL.search(outside_code))  # a tool result already backs it (agent answers)
-        if judged and not keep and not cites_tool and scores:
+        # A marker is added only to a sentence long enough in its own characters: a short Chinese one is judged (a guess
+        # is refused) but a few words lie near many source sentences: an off-topic Chinese answer of the 0.5B model got
+        # a marker that way (tests/evals/test_answer_gate.py, zh over en).
+        if judged and len(claim) >= MIN_JUDGED_CHARS and not keep and not cites_tool and scores:
             best = max(range(len(scores)), key=lambda i: scores[i])
             added = self.sources[best].n if scores[best] >= SUPPORT_THRESHOLD else None
         if keep or added is not None or cites_tool:
