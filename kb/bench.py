@@ -205,11 +205,15 @@ class SyntheticPoints(Sequence[Any]):
         from assets.sparse import bm25_document_vector
 
         text = self.texts[n]
-        return IndexPoint(str(uuid.UUID(int=n + 1)), f"doc-{n // 10}.md", "h", n % 10, f"c{n}", text, {"lang": "en"},
+        return IndexPoint(_point_id(n), f"doc-{n // 10}.md", "h", n % 10, f"c{n}", text, {"lang": "en"},
                           self.vectors[n], bm25_document_vector(text, 200))  # fmt: skip
 
     def ids(self) -> list[str]:
-        return [str(uuid.UUID(int=n + 1)) for n in range(len(self))]
+        return [_point_id(n) for n in range(len(self))]
+
+
+def _point_id(n: int) -> str:
+    return str(uuid.UUID(int=n + 1))
 
 
 def synthetic_points(chunks: int, base: Any, seed: int = 11) -> SyntheticPoints:

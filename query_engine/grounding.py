@@ -238,7 +238,12 @@ class SupportScorer:
         if self.encoder is None:
             return lexical
         cosine = self.cosine(sentence, self.other_language(detect_language(sentence)))
-        return [max(a, min(1.0, c * SUPPORT_THRESHOLD / COSINE_THRESHOLD)) for a, c in zip(lexical, cosine, strict=True)]
+        return [max(a, _on_support_scale(c)) for a, c in zip(lexical, cosine, strict=True)]
+
+
+def _on_support_scale(cosine: float) -> float:
+    """A cosine rescaled so that COSINE_THRESHOLD lands on SUPPORT_THRESHOLD."""
+    return min(1.0, cosine * SUPPORT_THRESHOLD / COSINE_THRESHOLD)
 
 
 def support(sentence: str, source_text: str, encoder: Embedder | None = None) -> float:
@@ -568,7 +573,7 @@ class GroundedStream:
             return False
         other = self.scorer.other_language(detect_language(claim))
         cosine = self.scorer.cosine(f"{self.question} {claim}", other)
-        return max(cosine, default=0.0) * SUPPORT_THRESHOLD / COSINE_THRESHOLD >= GUESS_THRESHOLD
+        return _on_support_scale(max(cosine, default=0.0)) >= GUESS_THRESHOLD
 
     def _elliptical_source(self, claim: str) -> int | None:
         """The source of a short answer ("John Elway.", "17 seconds."), too short to judge alone: it states the
