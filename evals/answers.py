@@ -117,10 +117,13 @@ def questions_language(evalset: EvalSet) -> str:
 
 
 def probes_of(evalset: EvalSet, dataset: Path, limit: int, probes: int) -> list[Probe]:
+    """The answerable questions (those with reference answers; in a set without any, such as prom_runbooks'
+    alerts, those with a relevant document: scored for refusals and citations, not containment), then the
+    set's no-answer probes and the off-topic ones."""
     answerable = [
-        Probe(q.id, "answerable", q.text, tuple(evalset.answers[q.id]), frozenset(evalset.qrels.get(q.id, set())))
+        Probe(q.id, "answerable", q.text, tuple(evalset.answers.get(q.id, ())), frozenset(evalset.qrels.get(q.id, set())))
         for q in evalset.queries
-        if evalset.answers.get(q.id)
+        if evalset.answers.get(q.id) or (not evalset.answers and evalset.qrels.get(q.id))
     ][:limit]
     language = questions_language(evalset)
     return [
@@ -228,7 +231,7 @@ def score(probe: Probe, answer: Answer, seconds: float, doc_of_file: dict[str, s
     row = Row(probe, answer.text, seconds, refused(answer.text),
               sorted({doc_of_file.get(s.doc_id, s.doc_id) for s in answer.sources if s.cited}), grounding,
               unsupported_commands_or_paths=invented, prompt_tokens=answer.prompt_tokens)  # fmt: skip
-    if probe.kind == "answerable":
+    if probe.kind == "answerable" and probe.references:
         row.contains = any(contains(answer.text, r) for r in probe.references)
         row.f1 = max(token_f1(answer.text, r) for r in probe.references)
     return row
@@ -249,12 +252,14 @@ def summarise(rows: Sequence[Row]) -> dict[str, Any]:
     reported = [r for r in stated if r.grounding]
     grounding = _grounding_figures(rows) if len(reported) == len(stated) else dict.fromkeys(_GROUNDING_FIGURES)
     judged = [r.judge for r in stated if r.judge is not None]
+    referenced = [r for r in answerable if r.probe.references]
     cited_total = sum(len(r.cited) for r in answerable)
     n = max(len(answerable), 1)
     return {
         "questions": len(answerable),
-        "answer_containment": round(sum(bool(r.contains) for r in answerable) / n, 4),
-        "token_f1": round(sum(r.f1 or 0.0 for r in answerable) / n, 4),
+        "questions_without_reference": len(answerable) - len(referenced),
+        "answer_containment": _share(sum(bool(r.contains) for r in referenced), len(referenced)),
+        "token_f1": _share(sum(r.f1 or 0.0 for r in referenced), len(referenced)),
         "citation_precision": _share(sum(len(r.cited_relevant) for r in answerable), cited_total),
         "answers_with_citations": round(sum(1 for r in answerable if r.cited) / n, 4),
         "refused_answerable": round(sum(r.refused for r in answerable) / n, 4),

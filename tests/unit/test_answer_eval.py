@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,10 +15,12 @@ from evals.answers import (
     cited_statements,
     looks_like_command_or_path,
     off_topic_questions,
+    probes_of,
     score,
     source_excerpt,
     summarise,
 )
+from evals.datasets import EvalSet, Query
 from query_engine.engine import Answer, SourceRef
 from query_engine.prompts import NOT_FOUND, question_language
 
@@ -153,3 +156,22 @@ def test_quotes_in_place_of_a_refusal_and_prompt_sizes_are_counted_apart() -> No
     assert figures["answers_quoting_closest_passage"] == 0.6667 and figures["quotes_containing_the_answer"] == 0.5
     assert figures["prompt_tokens_per_llm_answer"] == 500.0, "a refusal before any LLM call has no prompt"
     assert rows[0].as_dict()["prompt_tokens"] == 600
+
+
+def test_a_set_without_reference_answers_is_asked_its_questions_that_have_a_relevant_document(tmp_path: Path) -> None:
+    # prom_runbooks: alerts with a runbook (qrels) but no reference answer; asked for refusals and citations.
+    evalset = EvalSet("alerts", None, [], [Query("a1", "KubeletDown"), Query("a2", "NoRunbookAlert")], {"a1": {"kubelet"}})
+    asked = probes_of(evalset, tmp_path, limit=10, probes=0)
+    assert [(p.id, p.kind, p.references, p.relevant) for p in asked] == [("a1", "answerable", (), frozenset({"kubelet"}))]
+    rows = [score(asked[0], _answer("Check the kubelet [1].", cited=(1,), grounding=_report(1, 1, 1)), 1, {}),
+            score(asked[0], _answer(NOT_FOUND["en"], grounding={}), 1, {})]  # fmt: skip
+    figures = summarise(rows)
+    assert figures["questions"] == 2 and figures["questions_without_reference"] == 2 and figures["refused_answerable"] == 0.5
+    assert figures["answer_containment"] is None and figures["token_f1"] is None, "no reference: not scored as wrong"
+    assert rows[0].as_dict()["contains"] is None
+
+
+def test_a_set_with_reference_answers_asks_only_the_questions_that_have_one(tmp_path: Path) -> None:
+    queries = [Query("q1", "Who?"), Query("q2", "When?")]
+    evalset = EvalSet("qa", None, [], queries, {"q1": {"p1"}, "q2": {"p2"}}, answers={"q1": ["Short"]})
+    assert [p.id for p in probes_of(evalset, tmp_path, limit=10, probes=0)] == ["q1"]
