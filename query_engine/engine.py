@@ -20,13 +20,23 @@ from assets.index import Filters, Groups, VectorIndex
 from assets.mask import mask_secrets
 from query_engine.cache import QueryCache, request_parts
 from query_engine.context import Evidence, closest_passage, compact_texts, context_vectors, sentence_evidence
-from query_engine.grounding import GroundedStream, GroundingReport
-from query_engine.prompts import CLOSEST_PASSAGE, LANGUAGE_NAMES, NOT_FOUND, SYSTEM_PROMPT, estimate_tokens, question_language
+from query_engine.grounding import MIN_JUDGED_CHARS, GroundedStream, GroundingReport, judged_length
+from query_engine.prompts import (
+    CLOSEST_PASSAGE,
+    IN_SOURCE_LANGUAGE,
+    LANGUAGE_NAMES,
+    NOT_FOUND,
+    SYSTEM_PROMPT,
+    TRANSLATE_PROMPT,
+    estimate_tokens,
+    question_language,
+)
 from query_engine.relevance import RelevanceGate, Signals, signals
 from query_engine.rerank import sentence_vectors
 from query_engine.retrieval import HybridRetriever, to_node
 
 _CITATION = re.compile(r"\[(\d{1,3})\]")
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 # The evidence (context.py: multilingual cosine + half the question-term share) a sentence of a source in another
 # language than the question needs to be quoted when the model found no answer: chosen with `kb eval
 # quote-threshold` on the dev sets (README, "Faithful citations"). Within one language no threshold kept
@@ -36,7 +46,7 @@ QUOTE_THRESHOLD = 0.50
 # The sources' budget when the model is asked again after refusing sources judged relevant (engine._focused).
 FOCUSED_SOURCE_TOKENS = 400
 # Part of a cached answer's key: a changed system prompt makes older answers unreachable.
-_PROMPT_DIGEST = hashlib.sha256(SYSTEM_PROMPT.encode()).hexdigest()[:16]
+_PROMPT_DIGEST = hashlib.sha256((SYSTEM_PROMPT + TRANSLATE_PROMPT).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -179,12 +189,13 @@ class AnswerEngine:
     def messages(
         self, question: str, retrieval: Retrieval, history: Sequence[ChatMessage] = (), summary: str | None = None,
         evidence: Sequence[Sequence[Evidence]] | None = None, source_tokens: int | None = None,
+        answer_language: str | None = None,
     ) -> list[ChatMessage]:  # fmt: skip
         """System prompt with as many sources as fit, the conversation, then the question: the whole prompt
         stays under the context window minus the answer's tokens. With `evidence` and `source_tokens`, prose
         sources show only their sentences that bear on the question (context.py); `source_tokens` overrides the
-        engine's budget for them."""
-        language = question_language(question)
+        engine's budget for them. The answer is asked in the question's language unless `answer_language`."""
+        language = answer_language or question_language(question)
         budget = self.context_window - self.max_answer_tokens - 64
         budget -= estimate_tokens(SYSTEM_PROMPT) + estimate_tokens(question) + (estimate_tokens(summary) if summary else 0)
         kept_history: list[ChatMessage] = []
@@ -277,13 +288,34 @@ class AnswerEngine:
             # The model refused sources the relevance gate judged relevant, and nothing was sent: a small model
             # often does so when the answer is one sentence among many, above all across languages. It is
             # asked once more with only the sources holding the sentences that bear most on the question.
-            grounded = grounded.fresh()
-            async for emitted in _generate(llm, focused, grounded, clock):
-                parts.append(emitted)
-                yield Delta(emitted)
-            tail = mask_secrets(grounded.feed("", final=True)).text
-            report = replace(grounded.report, retried=True)
-            prompts.append(focused)
+            prompt, answer_language = focused
+            grounded = grounded.fresh(answer_language)
+            prompts.append(prompt)
+            if answer_language == language:
+                async for emitted in _generate(llm, prompt, grounded, clock):
+                    parts.append(emitted)
+                    yield Delta(emitted)
+                tail = mask_secrets(grounded.feed("", final=True)).text
+                report = replace(grounded.report, retried=True)
+            else:
+                # Across languages it is asked to answer in its sources' language (the 1.5B model refuses
+                # far less so), judged against them there, and what survives is translated for the asker.
+                written = [e async for e in _generate(llm, prompt, grounded, clock)]
+                written.append(mask_secrets(grounded.feed("", final=True)).text)
+                report = replace(grounded.report, retried=True)
+                tail, answered = NOT_FOUND[language], "".join(written).strip()
+                refused = report.refused_after_grounding or report.model_refused
+                if not refused and not report.cited_sentences and not _short_and_near(answered, grounded):
+                    # Within the sources' language a statement they hold is cited (lexical support: 99 % of
+                    # xquad's answers): an uncited one is a guess ("War and Peace was written by …" for an
+                    # off-topic question the gate let through), unless it is a short answer ("17", "John
+                    # Elway.") that its question, read with it, places near a source.
+                    report, refused = replace(report, refused_after_grounding=True), True
+                if not refused:
+                    translation = _translation_messages(answered, language)
+                    prompts.append(translation)
+                    tail, translated = await _translated(llm, translation, language)
+                    report = replace(report, translated=translated)
         passage = closest_passage(scored or [], _other_language(retrieval.sources, language))
         refusal = report.refused_after_grounding or report.model_refused
         if (
@@ -312,10 +344,11 @@ class AnswerEngine:
     def _focused(
         self, question: str, retrieval: Retrieval, evidence: Sequence[Sequence[Evidence]] | None,
         asked: list[ChatMessage],
-    ) -> list[ChatMessage] | None:  # fmt: skip
-        """The prompt asked again after a refusal: the sources holding the two sentences with the strongest
-        evidence for the question, each cut to its sentences that bear on it (FOCUSED_SOURCE_TOKENS in all),
-        under their own numbers; None when that is the prompt already `asked`."""
+    ) -> tuple[list[ChatMessage], str] | None:  # fmt: skip
+        """The prompt asked again after a refusal and the language it asks the answer in: the sources holding
+        the two sentences with the strongest evidence for the question, each cut to its sentences that bear on
+        it (FOCUSED_SOURCE_TOKENS in all), under their own numbers, and their language when they share one other
+        than the question's; None when that is the prompt already `asked`."""
         if not evidence:
             return None
         best = sorted((e for per_source in evidence for e in per_source), key=lambda e: e.score, reverse=True)
@@ -324,8 +357,11 @@ class AnswerEngine:
             return None
         narrowed = replace(retrieval, sources=[retrieval.sources[i] for i in keep])
         renumbered = [[replace(e, source=k) for e in evidence[i]] for k, i in enumerate(keep)]
-        focused = self.messages(question, narrowed, evidence=renumbered, source_tokens=FOCUSED_SOURCE_TOKENS)
-        return None if [m.content for m in focused] == [m.content for m in asked] else focused
+        source_languages = {question_language(s.text) for s in narrowed.sources}
+        answer_language = source_languages.pop() if len(source_languages) == 1 else question_language(question)
+        focused = self.messages(question, narrowed, evidence=renumbered, source_tokens=FOCUSED_SOURCE_TOKENS,
+                                answer_language=answer_language)  # fmt: skip
+        return None if [m.content for m in focused] == [m.content for m in asked] else (focused, answer_language)
 
     def _answer_key(self, parts: dict[str, Any] | None, llm: LLM | None) -> dict[str, Any] | None:
         """The retrieval's key and what else decides the answer: the model, the prompt and its budgets."""
@@ -418,6 +454,45 @@ def _quoted(passage: Evidence, sources: Sequence[SourceRef], language: str, held
     report = replace(held, sentences=held.sentences + 1, cited_sentences=1, supported_citations=1,
                      withheld_sentences=held.sentences, refused_after_grounding=False, closest_passage=True)  # fmt: skip
     return f"{lead}\n\n> {quote} [{source.n}]", report
+
+
+def _short_and_near(answer: str, grounded: GroundedStream) -> bool:
+    return judged_length(answer) < MIN_JUDGED_CHARS and grounded.near_with_question(answer)
+
+
+def _translation_messages(text: str, language: str) -> list[ChatMessage]:
+    return [ChatMessage(role=MessageRole.SYSTEM, content=TRANSLATE_PROMPT.format(language=LANGUAGE_NAMES[language])),
+            ChatMessage(role=MessageRole.USER, content=text)]  # fmt: skip
+
+
+async def _translated(llm: LLM, messages: list[ChatMessage], language: str) -> tuple[str, bool]:
+    """The grounded answer (the last message) in `language`, and whether it was translated: a translation that
+    is in another language, or does not keep the answer's markers and numbers, is not shown; the answer is,
+    in its sources' language, after a lead that says so."""
+    original = messages[-1].content or ""
+    # Streamed like every other call: a non-streaming call leaves the client's pooled connection bound to its
+    # event loop, which the next answer's loop (one per question in `kb eval answers`) cannot use.
+    written: list[str] = []
+    try:
+        async for chunk in await llm.astream_chat(messages):
+            written.append(chunk.delta or "")
+    except Exception as exc:  # the client library raises its own connection errors
+        if _is_connection_error(exc):
+            raise LLMUnavailable(f"the LLM server is not reachable: {exc}") from exc
+        raise
+    translation = mask_secrets("".join(written).strip()).text
+    wordless = not any(ch.isalpha() for ch in translation)  # "48 [1]" is in every language
+    if translation and _keeps_facts(original, translation) and (wordless or question_language(translation) == language):
+        return translation, True
+    return f"{IN_SOURCE_LANGUAGE[language]}\n\n{original}", False
+
+
+def _keeps_facts(original: str, translation: str) -> bool:
+    """Whether a translation cites exactly the original's sources and states no number the original does not."""
+    numbers = set(_NUMBER.findall(original))
+    return set(_CITATION.findall(translation)) == set(_CITATION.findall(original)) and all(
+        n in numbers for n in _NUMBER.findall(_CITATION.sub(" ", translation))
+    )
 
 
 def _mark_cited(text: str, sources: list[SourceRef]) -> list[SourceRef]:

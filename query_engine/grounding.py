@@ -151,6 +151,7 @@ class GroundingReport:
     model_refused: bool = False  # the model itself wrote the not-found sentence (so grounding refused nothing it said)
     closest_passage: bool = False  # the engine quoted the closest source sentence instead of the refusal (engine.py)
     retried: bool = False  # the model refused sources judged relevant and was asked again on the closest ones (engine.py)
+    translated: bool = False  # asked again in its sources' language, the answer was translated into the asker's (engine.py)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -473,9 +474,11 @@ class GroundedStream:
         self._kind = NEUTRAL  # what the last grounded unit was
         self._written = ""  # the model's text as it came
 
-    def fresh(self) -> GroundedStream:
-        """A new stream over the same sources and evidence, sharing the sentence vectors computed so far."""
+    def fresh(self, language: str | None = None) -> GroundedStream:
+        """A new stream over the same sources and evidence, sharing the sentence vectors computed so far; with
+        `language`, for an answer written in that language."""
         stream = copy.copy(self)
+        stream.language = language or self.language
         stream._start()
         return stream
 
@@ -569,10 +572,16 @@ class GroundedStream:
         part the question asked for ("比赛还剩17秒。" alone scores 0.25 against the paragraph that says it, 0.41 with
         its question; the general-knowledge "大熊猫平时主要吃竹子。" 0.20 and 0.18 against the English paragraphs retrieved for
         it, measured on xquad zh->en answers)."""
+        return self.near_with_question(claim, self.scorer.other_language(detect_language(claim)))
+
+    def near_with_question(self, claim: str, indices: Sequence[int] | None = None) -> bool:
+        """Whether one of the sources (`indices`, all by default) comes near the claim read together with the
+        question, on the scale GUESS_THRESHOLD was calibrated on. An answer written in its sources' language to
+        a question in another (engine.py) is judged so as a whole: the question is how a general-knowledge
+        answer to a question no source covers ("War and Peace was written by …") is told from a short one."""
         if not self.question or self.scorer.encoder is None:
             return False
-        other = self.scorer.other_language(detect_language(claim))
-        cosine = self.scorer.cosine(f"{self.question} {claim}", other)
+        cosine = self.scorer.cosine(f"{self.question} {claim}", indices)
         return _on_support_scale(max(cosine, default=0.0)) >= GUESS_THRESHOLD
 
     def _elliptical_source(self, claim: str) -> int | None:

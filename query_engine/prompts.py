@@ -19,6 +19,17 @@ CLOSEST_PASSAGE = {
     "zh": "资料没有直接给出答案；最接近的原文见 [{n}]：",
 }
 
+# Said before an answer shown in its sources' language when its translation did not keep its markers or numbers.
+IN_SOURCE_LANGUAGE = {
+    "en": "The answer, in the language of its sources:",
+    "ru": "Ответ на языке источников:",
+    "zh": "按资料原文作答：",
+}
+
+# Turns an answer written in its sources' language into the asker's (engine.py, the second ask across languages).
+TRANSLATE_PROMPT = """Translate the user's text into {language}. Keep every citation marker such as [1], and every
+name, number, command, path and code span, exactly as written. Reply with the translation only."""
+
 SYSTEM_PROMPT = """You are the knowledge assistant of an engineering team.
 Answer the question using only the numbered sources below.
 Rules:

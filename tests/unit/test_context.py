@@ -12,7 +12,7 @@ from assets.embed import UniversalSentenceEncoder
 from kb.settings import PROJECT_ROOT
 from query_engine.context import GAP, closest_passage, compact_texts, prose_sentences, sentence_evidence
 from query_engine.engine import QUOTE_THRESHOLD, Answer, AnswerEngine, Delta, Retrieval, SourceRef
-from query_engine.prompts import CLOSEST_PASSAGE, NOT_FOUND, estimate_tokens
+from query_engine.prompts import CLOSEST_PASSAGE, IN_SOURCE_LANGUAGE, NOT_FOUND, TRANSLATE_PROMPT, estimate_tokens
 from query_engine.rerank import SentenceVectors
 
 DOCS = PROJECT_ROOT / "examples" / "knowledge_base"
@@ -185,16 +185,61 @@ def test_a_supported_answer_is_never_replaced_by_a_quote(sources: list[SourceRef
 def test_a_model_refusal_over_relevant_sources_is_asked_again_on_the_closest_sources(
     sources: list[SourceRef], vectors: SentenceVectors
 ) -> None:
-    llm = ScriptedLLM(NOT_FOUND["zh"], "该主题有 48 个分区 [1]。")
+    llm = ScriptedLLM(NOT_FOUND["zh"], "The topic has 48 partitions [1].", "该主题有 48 个分区 [1]。")
     streamed, final = ask(engine_over(sources, vectors), PARTITIONS_ZH, llm)
-    assert len(llm.prompts) == 2, "one more call, only after the refusal"
+    assert len(llm.prompts) == 3, "one more ask and its translation, only after the refusal"
     assert streamed == final.text and NOT_FOUND["zh"] not in final.text, "the first refusal was never sent"
-    assert final.text.startswith("该主题有 48 个分区 [1]") and final.grounding["retried"]
+    assert final.text.startswith("该主题有 48 个分区 [1]") and final.grounding["retried"] and final.grounding["translated"]
     assert not final.grounding["closest_passage"] and [s.cited for s in final.sources] == [True, False, False, False]
     focused = llm.prompts[1]
     assert "The topic has 48 partitions" in focused and estimate_tokens(focused) < estimate_tokens(llm.prompts[0])
+    assert "Answer in English" in focused and "Answer in Simplified Chinese" in llm.prompts[0], "asked in the sources' language"
+    assert llm.prompts[2] == TRANSLATE_PROMPT.format(language="Simplified Chinese")
     shown = [s.n for s in sources if f"[{s.n}] {s.collection}/{s.doc_id}" in focused]
     assert 1 in shown and len(shown) <= 2, "the ADR that answers, under its own number, and one other source at most"
+
+
+def test_a_translation_that_changes_a_number_is_not_shown(sources: list[SourceRef], vectors: SentenceVectors) -> None:
+    llm = ScriptedLLM(NOT_FOUND["zh"], "The topic has 48 partitions [1].", "该主题有 84 个分区 [1]。")
+    _, final = ask(engine_over(sources, vectors), PARTITIONS_ZH, llm)
+    assert final.text.startswith(IN_SOURCE_LANGUAGE["zh"]) and "The topic has 48 partitions [1]." in final.text
+    assert "84" not in final.text and final.grounding["retried"] and not final.grounding["translated"]
+
+
+def test_a_translation_that_drops_a_citation_is_not_shown(sources: list[SourceRef], vectors: SentenceVectors) -> None:
+    llm = ScriptedLLM(NOT_FOUND["zh"], "The topic has 48 partitions [1].", "该主题有 48 个分区。")
+    _, final = ask(engine_over(sources, vectors), PARTITIONS_ZH, llm)
+    assert final.text.startswith(IN_SOURCE_LANGUAGE["zh"]) and final.text.rstrip().endswith("[1].")
+
+
+def test_a_guess_asked_again_in_the_sources_language_stays_refused(sources: list[SourceRef], vectors: SentenceVectors) -> None:
+    # Asked again in English, the model answers from its own knowledge: judged there, nothing supports it, so
+    # nothing is translated and the asker gets the refusal in their language (or the closest passage).
+    llm = ScriptedLLM(NOT_FOUND["ru"], "The capital of France is Paris [1].", "Столица Франции — Париж [1].")
+    _, final = ask(engine_over(sources, vectors), "Какая столица Франции и сколько разделов у payments.events?", llm)
+    assert len(llm.prompts) == 2 and final.grounding["retried"] and not final.grounding["translated"]
+    assert "Paris" not in final.text and "Париж" not in final.text
+
+
+def test_an_uncited_answer_in_the_sources_language_far_from_them_with_its_question_is_not_translated(
+    sources: list[SourceRef], vectors: SentenceVectors
+) -> None:
+    # Split at the initials, no part of it is long enough or far enough from the sources to count as a guess by
+    # itself; read with its question it is far from all of them (kb eval answers, ru->en off-topic, before this).
+    llm = ScriptedLLM(
+        NOT_FOUND["ru"], "War and Peace was written by F. M. Dostoevsky.", "«Войну и мир» написал Ф. М. Достоевский."
+    )
+    _, final = ask(engine_over(sources, vectors), "Кто написал роман «Война и мир»?", llm)
+    assert len(llm.prompts) == 2 and final.text.strip() == NOT_FOUND["ru"]
+    assert final.grounding["retried"] and final.grounding["refused_after_grounding"] and not final.grounding["translated"]
+
+
+def test_a_short_uncited_answer_near_its_sources_with_its_question_is_translated(
+    sources: list[SourceRef], vectors: SentenceVectors
+) -> None:
+    llm = ScriptedLLM(NOT_FOUND["zh"], "48.", "48。")
+    _, final = ask(engine_over(sources, vectors), PARTITIONS_ZH, llm)
+    assert final.text.strip() == "48。" and final.grounding["translated"]
 
 
 def test_a_second_refusal_still_ends_in_the_closest_passage(sources: list[SourceRef], vectors: SentenceVectors) -> None:
@@ -209,8 +254,12 @@ def test_an_answer_is_never_asked_again(sources: list[SourceRef], vectors: Sente
     assert len(llm.prompts) == 1 and not final.grounding["retried"]
 
 
-def test_no_second_call_when_the_closest_sources_are_what_the_model_was_shown(vectors: SentenceVectors) -> None:
+def test_no_second_call_when_the_closest_sources_are_what_the_model_was_shown_in_its_language(vectors: SentenceVectors) -> None:
     short = [SourceRef(1, "runbooks", "kafka-lag.md", None, 1.0, "Consumer lag alerts fire after 5 minutes.")]
+    llm = ScriptedLLM(NOT_FOUND["en"])
+    _, final = ask(engine_over(short, vectors), "When does the consumer lag alert fire?", llm)
+    assert len(llm.prompts) == 1 and not final.grounding["retried"]
+    # Across languages the same sources are asked about once more, in their own language.
     llm = ScriptedLLM(NOT_FOUND["ru"])
     _, final = ask(engine_over(short, vectors), "Когда срабатывает оповещение о задержке потребителя?", llm)
-    assert len(llm.prompts) == 1 and not final.grounding["retried"]
+    assert len(llm.prompts) == 2 and "Answer in English" in llm.prompts[1] and final.grounding["retried"]
