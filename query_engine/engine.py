@@ -37,6 +37,8 @@ from query_engine.retrieval import HybridRetriever, to_node
 
 _CITATION = re.compile(r"\[(\d{1,3})\]")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+# A thousands separator differs by language ("500,000", "500 000"): the digits are what a translation keeps.
+_THOUSANDS = re.compile(r"(?<=\d)[,.\s\u00a0\u202f](?=\d{3}(?!\d))")
 # The evidence (context.py: multilingual cosine + half the question-term share) a sentence of a source in another
 # language than the question needs to be quoted when the model found no answer: chosen with `kb eval
 # quote-threshold` on the dev sets (README, "Faithful citations"). Within one language no threshold kept
@@ -489,10 +491,14 @@ async def _translated(llm: LLM, messages: list[ChatMessage], language: str) -> t
 
 def _keeps_facts(original: str, translation: str) -> bool:
     """Whether a translation cites exactly the original's sources and states no number the original does not."""
-    numbers = set(_NUMBER.findall(original))
+    numbers = set(_numbers_in(original))
     return set(_CITATION.findall(translation)) == set(_CITATION.findall(original)) and all(
-        n in numbers for n in _NUMBER.findall(_CITATION.sub(" ", translation))
+        n in numbers for n in _numbers_in(translation)
     )
+
+
+def _numbers_in(text: str) -> list[str]:
+    return _NUMBER.findall(_THOUSANDS.sub("", _CITATION.sub(" ", text)))
 
 
 def _mark_cited(text: str, sources: list[SourceRef]) -> list[SourceRef]:

@@ -11,7 +11,7 @@ import pytest
 from assets.embed import UniversalSentenceEncoder
 from kb.settings import PROJECT_ROOT
 from query_engine.context import GAP, closest_passage, compact_texts, prose_sentences, sentence_evidence
-from query_engine.engine import QUOTE_THRESHOLD, Answer, AnswerEngine, Delta, Retrieval, SourceRef
+from query_engine.engine import QUOTE_THRESHOLD, Answer, AnswerEngine, Delta, Retrieval, SourceRef, _keeps_facts
 from query_engine.prompts import CLOSEST_PASSAGE, IN_SOURCE_LANGUAGE, NOT_FOUND, TRANSLATE_PROMPT, estimate_tokens
 from query_engine.rerank import SentenceVectors
 
@@ -204,6 +204,12 @@ def test_a_translation_that_changes_a_number_is_not_shown(sources: list[SourceRe
     _, final = ask(engine_over(sources, vectors), PARTITIONS_ZH, llm)
     assert final.text.startswith(IN_SOURCE_LANGUAGE["zh"]) and "The topic has 48 partitions [1]." in final.text
     assert "84" not in final.text and final.grounding["retried"] and not final.grounding["translated"]
+
+
+def test_a_translation_may_write_a_number_with_its_languages_thousands_separator() -> None:
+    # "Сколько гугенотов покинули Францию…" (kb eval answers, ru->en): "500,000 [1]" came back as "500 000 [1]".
+    assert _keeps_facts("500,000 [1]", "500 000 [1]") and _keeps_facts("It is 3.5 [2].", "Это 3.5 [2].")
+    assert not _keeps_facts("500,000 [1]", "50 000 [1]") and not _keeps_facts("500,000 [1]", "500 000")
 
 
 def test_a_translation_that_drops_a_citation_is_not_shown(sources: list[SourceRef], vectors: SentenceVectors) -> None:
