@@ -4,6 +4,7 @@ that must cite, and a refusal instead of a guess when nothing relevant was found
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
 import time
@@ -394,7 +395,7 @@ async def _generate(
 ) -> AsyncIterator[str]:
     """What the model writes, through grounding and masking, as it may be sent; `clock` notes the first token,
     and grounding waits for `ready` (the sources' vectors) before it judges the first one."""
-    try:
+    async with _llm_reachable():
         stream = await llm.astream_chat(messages)
         async for chunk in stream:
             delta = chunk.delta or ""
@@ -405,7 +406,14 @@ async def _generate(
             emitted = mask_secrets(grounded.feed(delta)).text
             if emitted:
                 yield emitted
-    except Exception as exc:  # the client library raises its own connection errors
+
+
+@contextlib.asynccontextmanager
+async def _llm_reachable() -> AsyncIterator[None]:
+    """An LLM call whose connection errors (the client library raises its own) become LLMUnavailable."""
+    try:
+        yield
+    except Exception as exc:
         if _is_connection_error(exc):
             raise LLMUnavailable(f"the LLM server is not reachable: {exc}") from exc
         raise
@@ -475,13 +483,9 @@ async def _translated(llm: LLM, messages: list[ChatMessage], language: str) -> t
     # Streamed like every other call: a non-streaming call leaves the client's pooled connection bound to its
     # event loop, which the next answer's loop (one per question in `kb eval answers`) cannot use.
     written: list[str] = []
-    try:
+    async with _llm_reachable():
         async for chunk in await llm.astream_chat(messages):
             written.append(chunk.delta or "")
-    except Exception as exc:  # the client library raises its own connection errors
-        if _is_connection_error(exc):
-            raise LLMUnavailable(f"the LLM server is not reachable: {exc}") from exc
-        raise
     translation = mask_secrets("".join(written).strip()).text
     wordless = not any(ch.isalpha() for ch in translation)  # "48 [1]" is in every language
     if translation and _keeps_facts(original, translation) and (wordless or question_language(translation) == language):
